@@ -1,0 +1,304 @@
+//! berth's HTTP surface: the OCI Distribution API (`/v2/`), health and metrics.
+//!
+//! The principal type is [`Registry`], configured by [`RegistryConfig`], built over a
+//! [`berth_storage::BlobStore`] and a [`berth_storage::MetadataStore`]; [`Registry::router`]
+//! turns it into an axum `Router`.
+//!
+//! Invariants: this is the only crate that speaks HTTP; every `/v2/` error is produced by
+//! [`error::OciError`]; a handler never holds a whole blob in memory (bodies are streamed to
+//! and from files); storage and database calls run on blocking threads, never on the async
+//! executor.
+#![deny(missing_docs)]
+
+mod blobs;
+pub mod error;
+mod listing;
+mod manifests;
+pub mod metrics;
+pub mod route;
+mod uploads;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use berth_oci::RepoName;
+use berth_storage::{BlobStore, MetadataStore};
+
+use crate::error::{ErrorCode, OciError};
+use crate::metrics::Metrics;
+use crate::route::V2Route;
+
+/// Settings of the registry API. Every field has a working default.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Largest blob accepted, in bytes (default 64 GiB).
+    pub blob_size_max: u64,
+    /// Largest page of tags or repositories returned by one listing request (default 1000).
+    pub page_size_max: usize,
+    /// Upload sessions kept in memory at once (default 4096). Evicted sessions are resumed
+    /// from disk on their next request.
+    pub upload_sessions_max: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            blob_size_max: 64 << 30,
+            page_size_max: 1000,
+            upload_sessions_max: 4096,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the settings, naming the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.blob_size_max == 0 {
+            return Err("registry.blob_size_max must be positive".into());
+        }
+        if self.page_size_max == 0 {
+            return Err("registry.page_size_max must be positive".into());
+        }
+        if self.upload_sessions_max == 0 {
+            return Err("registry.upload_sessions_max must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The registry: storage, metadata, upload sessions and metrics.
+pub struct Registry {
+    config: RegistryConfig,
+    blobs: BlobStore,
+    meta: Arc<dyn MetadataStore>,
+    uploads: uploads::Sessions,
+    metrics: Metrics,
+}
+
+type Shared = Arc<Registry>;
+
+impl Registry {
+    /// Builds a registry over a blob store and a metadata store, and discards staging data of
+    /// uploads the metadata store does not know (left by a crash mid-way through a
+    /// monolithic upload).
+    pub fn new(
+        config: RegistryConfig,
+        blobs: BlobStore,
+        meta: Arc<dyn MetadataStore>,
+    ) -> Result<Registry, OciError> {
+        let known: std::collections::HashSet<String> = meta.upload_ids()?.into_iter().collect();
+        for id in blobs.staged_upload_ids()? {
+            if !known.contains(&id) {
+                if let Some(id) = berth_storage::UploadId::parse(&id) {
+                    tracing::info!(upload = id.as_str(), "discarding orphaned staging data");
+                    blobs.discard_upload(&id)?;
+                }
+            }
+        }
+        let uploads = uploads::Sessions::new(config.upload_sessions_max);
+        Ok(Registry {
+            config,
+            blobs,
+            meta,
+            uploads,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The metrics registry (the node adds its own series).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The HTTP router: `/v2/...`, `/metrics`, `/healthz`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(render_metrics))
+            .fallback(dispatch)
+            .with_state(self)
+    }
+}
+
+async fn render_metrics(State(reg): State<Shared>) -> Response {
+    let mut resp = reg.metrics.render().into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+/// Runs a storage or database call on a blocking thread.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, OciError>
+where
+    F: FnOnce() -> Result<T, OciError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(join) => Err(OciError::internal(&join)),
+    }
+}
+
+async fn dispatch(State(reg): State<Shared>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let route = route::parse(&path);
+    let label = route.map_or("other", |r| r.label());
+    let mut resp = match route {
+        Some(route) => handle(&reg, route, req)
+            .await
+            .unwrap_or_else(|e| e.into_response()),
+        None => OciError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unsupported,
+            "no such endpoint",
+        )
+        .into_response(),
+    };
+    let status = resp.status().as_u16();
+    reg.metrics
+        .record_request(label, metrics::method_label(&method), status);
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    tracing::debug!(%method, %path, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, reg.metrics.count_body(body))
+}
+
+async fn handle(reg: &Shared, route: V2Route<'_>, req: Request) -> Result<Response, OciError> {
+    // Split now: handlers borrow the head across awaits, and only `Parts` is `Sync`.
+    let (req, body) = req.into_parts();
+    let method = req.method.clone();
+    let unsupported = || {
+        Err(OciError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("{method} is not supported on this endpoint"),
+        ))
+    };
+    match route {
+        V2Route::Base => match method {
+            Method::GET | Method::HEAD => Ok(json_response(StatusCode::OK, "{}")),
+            _ => unsupported(),
+        },
+        V2Route::Catalog => match method {
+            Method::GET => listing::catalog(reg, &req).await,
+            _ => unsupported(),
+        },
+        V2Route::Tags { repo } => match method {
+            Method::GET => listing::tags(reg, repo_name(repo)?, &req).await,
+            _ => unsupported(),
+        },
+        V2Route::Referrers { repo, digest } => match method {
+            Method::GET => listing::referrers(reg, repo_name(repo)?, digest, &req).await,
+            _ => unsupported(),
+        },
+        V2Route::Manifest { repo, reference } => {
+            let repo = repo_name(repo)?;
+            match method {
+                Method::GET => manifests::get(reg, repo, reference, &req, true).await,
+                Method::HEAD => manifests::get(reg, repo, reference, &req, false).await,
+                Method::PUT => manifests::put(reg, repo, reference, &req, body).await,
+                Method::DELETE => manifests::delete(reg, repo, reference).await,
+                _ => unsupported(),
+            }
+        }
+        V2Route::Blob { repo, digest } => {
+            let repo = repo_name(repo)?;
+            match method {
+                Method::GET => blobs::get(reg, repo, digest, &req, true).await,
+                Method::HEAD => blobs::get(reg, repo, digest, &req, false).await,
+                Method::DELETE => blobs::delete(reg, repo, digest).await,
+                _ => unsupported(),
+            }
+        }
+        V2Route::UploadStart { repo } => match method {
+            Method::POST => uploads::start(reg, repo_name(repo)?, &req, body).await,
+            _ => unsupported(),
+        },
+        V2Route::Upload { repo, id } => {
+            let repo = repo_name(repo)?;
+            match method {
+                Method::PATCH => uploads::patch(reg, repo, id, &req, body).await,
+                Method::PUT => uploads::finish(reg, repo, id, &req, body).await,
+                Method::GET => uploads::status(reg, repo, id).await,
+                Method::DELETE => uploads::cancel(reg, repo, id).await,
+                _ => unsupported(),
+            }
+        }
+    }
+}
+
+fn repo_name(raw: &str) -> Result<RepoName, OciError> {
+    Ok(RepoName::parse(raw)?)
+}
+
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut resp = Response::new(body.into());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Reads a query parameter (percent-decoded).
+pub(crate) fn query_param(req: &Parts, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn header_str<'a>(req: &'a Parts, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,160 @@
+//! Manifest `GET`/`HEAD`/`PUT`/`DELETE` by tag or digest.
+
+use axum::body::Body;
+use axum::http::request::Parts as Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use berth_oci::limits::MANIFEST_SIZE_MAX;
+use berth_oci::{manifest, Algorithm, Digest, Reference, RepoName};
+use berth_storage::meta::NewManifest;
+use http_body_util::{BodyExt, Limited};
+
+use crate::error::{ErrorCode, OciError};
+use crate::{blocking, header_str, Shared};
+
+fn too_large() -> OciError {
+    OciError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::SizeInvalid,
+        format!("manifest exceeds the limit of {MANIFEST_SIZE_MAX} bytes"),
+    )
+}
+
+/// `GET` (with `with_body`) or `HEAD` of a manifest.
+pub(crate) async fn get(
+    reg: &Shared,
+    repo: RepoName,
+    reference: &str,
+    _req: &Request,
+    with_body: bool,
+) -> Result<Response, OciError> {
+    let reference = Reference::parse(reference)?;
+    let reg2 = reg.clone();
+    let r = reference.clone();
+    let stored = blocking(move || {
+        Ok(match &r {
+            Reference::Tag(tag) => reg2.meta.manifest_by_tag(&repo, tag)?,
+            Reference::Digest(d) => reg2.meta.manifest_by_digest(&repo, d)?,
+        })
+    })
+    .await?;
+    let m = stored.ok_or_else(|| OciError::manifest_unknown(&reference))?;
+    let len = m.content.len() as u64;
+    let mut resp = Response::new(if with_body {
+        Body::from(m.content)
+    } else {
+        Body::empty()
+    });
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
+        h.insert("content-type", v);
+    }
+    h.insert("content-length", HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", m.digest)) {
+        h.insert("etag", v);
+    }
+    Ok(resp)
+}
+
+/// `PUT`: validates and stores a manifest, moving the tag if pushed by tag.
+pub(crate) async fn put(
+    reg: &Shared,
+    repo: RepoName,
+    reference: &str,
+    req: &Request,
+    body: Body,
+) -> Result<Response, OciError> {
+    let reference = Reference::parse(reference)?;
+    let declared = header_str(req, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MANIFEST_SIZE_MAX) {
+        return Err(too_large());
+    }
+    let content_type = header_str(req, "content-type").map(str::to_owned);
+    let body = Limited::new(body, MANIFEST_SIZE_MAX as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                OciError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ManifestInvalid,
+                    format!("reading manifest body: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    let reg2 = reg.clone();
+    let repo2 = repo.clone();
+    let (digest, subject) = blocking(move || {
+        let parsed = manifest::parse(&body, content_type.as_deref())?;
+        let algorithm = match &reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, &body);
+        let tag = match &reference {
+            Reference::Digest(d) if *d != digest => {
+                return Err(OciError::digest_invalid(format!(
+                    "manifest content has digest {digest}, not {d}"
+                )))
+            }
+            Reference::Digest(_) => None,
+            Reference::Tag(t) => Some(t),
+        };
+        reg2.meta.put_manifest(NewManifest {
+            repo: &repo2,
+            digest: &digest,
+            parsed: &parsed,
+            content: &body,
+            tag,
+        })?;
+        Ok((digest, parsed.subject.map(|s| s.digest)))
+    })
+    .await?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::CREATED;
+    let h = resp.headers_mut();
+    h.insert("content-length", HeaderValue::from_static("0"));
+    let headers = [
+        ("location", Some(format!("/v2/{repo}/manifests/{digest}"))),
+        ("docker-content-digest", Some(digest.to_string())),
+        ("oci-subject", subject.map(|s| s.to_string())),
+    ];
+    for (name, value) in headers {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `DELETE`: by digest removes the manifest and its tags; by tag removes only the tag.
+pub(crate) async fn delete(
+    reg: &Shared,
+    repo: RepoName,
+    reference: &str,
+) -> Result<Response, OciError> {
+    let reference = Reference::parse(reference)?;
+    let reg2 = reg.clone();
+    let r = reference.clone();
+    let removed = blocking(move || {
+        Ok(match &r {
+            Reference::Digest(d) => reg2.meta.delete_manifest(&repo, d)?,
+            Reference::Tag(t) => reg2.meta.delete_tag(&repo, t)?,
+        })
+    })
+    .await?;
+    if !removed {
+        return Err(OciError::manifest_unknown(&reference));
+    }
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    Ok(resp)
+}

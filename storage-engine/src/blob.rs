@@ -1,0 +1,359 @@
+//! Content-addressed blob files.
+//!
+//! Layout under the data directory:
+//! - `blobs/<algorithm>/<hex[..2]>/<hex>`: the blob, immutable once renamed in;
+//! - `blobs/<algorithm>/<hex[..2]>/<hex>.crc`: its per-chunk CRC32 sidecar;
+//! - `uploads/<uuid>/data`: an upload being received (never served).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use berth_oci::{Algorithm, Digest};
+
+use crate::crc::{ChunkCrcs, CRC_CHUNK_SIZE};
+use crate::upload::{UploadId, UploadWriter};
+
+/// What can go wrong in the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The uploaded bytes do not hash to the digest the client claimed.
+    #[error("uploaded content has digest {actual}, not {expected}")]
+    DigestMismatch {
+        /// What the client said.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// No upload session with this id.
+    #[error("upload {0} not found")]
+    UploadUnknown(String),
+    /// A stored blob's bytes do not match its checksums.
+    #[error("blob {digest} is corrupt: {detail}")]
+    Corrupt {
+        /// The damaged blob.
+        digest: Digest,
+        /// What failed.
+        detail: String,
+    },
+}
+
+pub(crate) fn io_err(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
+    move |source| StorageError::Io {
+        context: context(),
+        source,
+    }
+}
+
+/// An open, immutable blob: the file and its length. Handing out the `File` (rather than a
+/// byte stream) lets the server pick how bytes reach the socket: read+write, sendfile or
+/// io_uring splice.
+#[derive(Debug)]
+pub struct BlobFile {
+    /// The blob file, opened read-only.
+    pub file: File,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+/// The content-addressed blob store rooted at a data directory.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<BlobStore, StorageError> {
+        for sub in ["blobs/sha256", "blobs/sha512", "uploads"] {
+            let dir = data_dir.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err(|| format!("creating {}", dir.display())))?;
+        }
+        Ok(BlobStore {
+            root: data_dir.to_path_buf(),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn shard_dir(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&digest.hex()[..2])
+    }
+
+    /// Where a blob's bytes live (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.shard_dir(digest).join(digest.hex())
+    }
+
+    fn crc_path(&self, digest: &Digest) -> PathBuf {
+        self.shard_dir(digest).join(format!("{}.crc", digest.hex()))
+    }
+
+    pub(crate) fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+
+    /// The blob's size, if it is stored.
+    pub fn stat(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(|| format!("stat {}", path.display()))(e)),
+        }
+    }
+
+    /// Opens a stored blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<BlobFile>, StorageError> {
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(|| format!("opening {}", path.display()))(e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(io_err(|| format!("stat {}", path.display())))?
+            .len();
+        Ok(Some(BlobFile { file, len }))
+    }
+
+    /// Verifies `writer`'s bytes against `expected` and, if they match, makes them the durable
+    /// blob `expected`. Returns the blob's size. On a mismatch the upload is discarded and
+    /// nothing is stored.
+    pub fn commit(&self, writer: UploadWriter, expected: &Digest) -> Result<u64, StorageError> {
+        let staged = writer.seal()?;
+        let actual = if staged.hasher.algorithm() == expected.algorithm() {
+            staged.hasher.finish()
+        } else {
+            hash_file(&staged.data_path, expected.algorithm())?
+        };
+        let discard = || {
+            let _ = fs::remove_dir_all(&staged.dir);
+        };
+        if &actual != expected {
+            discard();
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        if self.stat(expected)? == Some(staged.len) {
+            // Identical content already stored (a concurrent or earlier upload): keep that one.
+            discard();
+            return Ok(staged.len);
+        }
+        let shard = self.shard_dir(expected);
+        let created_shard = !shard.exists();
+        fs::create_dir_all(&shard).map_err(io_err(|| format!("creating {}", shard.display())))?;
+        if created_shard {
+            if let Some(parent) = shard.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let crc_staging = staged.dir.join("crc");
+        write_durably(&crc_staging, &ChunkCrcs::encode(&staged.crcs))?;
+        rename(&crc_staging, &self.crc_path(expected))?;
+        rename(&staged.data_path, &self.blob_path(expected))?;
+        sync_dir(&shard)?;
+        discard();
+        Ok(staged.len)
+    }
+
+    /// Reads a blob's stored chunk checksums.
+    pub fn read_crcs(&self, digest: &Digest) -> Result<Option<Vec<u32>>, StorageError> {
+        let path = self.crc_path(digest);
+        match fs::read(&path) {
+            Ok(bytes) => ChunkCrcs::decode(&bytes)
+                .map(Some)
+                .map_err(io_err(|| format!("decoding {}", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(|| format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    /// Checks a stored blob against its chunk checksums and, if `full`, its digest.
+    pub fn verify(&self, digest: &Digest, full: bool) -> Result<(), StorageError> {
+        let corrupt = |detail: String| StorageError::Corrupt {
+            digest: digest.clone(),
+            detail,
+        };
+        let path = self.blob_path(digest);
+        let crcs = self
+            .read_crcs(digest)?
+            .ok_or_else(|| corrupt("checksum sidecar missing".into()))?;
+        let mut file =
+            File::open(&path).map_err(io_err(|| format!("opening {}", path.display())))?;
+        let mut hasher = digest.algorithm().hasher();
+        let mut buf = vec![0u8; CRC_CHUNK_SIZE as usize];
+        for (index, expected_crc) in crcs.iter().enumerate() {
+            let n = read_full(&mut file, &mut buf)
+                .map_err(io_err(|| format!("reading {}", path.display())))?;
+            if crc32fast::hash(&buf[..n]) != *expected_crc {
+                return Err(corrupt(format!("chunk {index} fails its crc32")));
+            }
+            if full {
+                hasher.update(&buf[..n]);
+            }
+        }
+        let trailing = read_full(&mut file, &mut buf)
+            .map_err(io_err(|| format!("reading {}", path.display())))?;
+        if trailing != 0 {
+            return Err(corrupt("longer than its checksums cover".into()));
+        }
+        if full && &hasher.finish() != digest {
+            return Err(corrupt("content does not match its digest".into()));
+        }
+        Ok(())
+    }
+
+    /// Removes a blob (garbage collection). Readers holding it open keep their copy.
+    pub fn remove(&self, digest: &Digest) -> Result<(), StorageError> {
+        for path in [self.blob_path(digest), self.crc_path(digest)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(|| format!("removing {}", path.display()))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of upload sessions with staging data on disk.
+    pub fn staged_upload_ids(&self) -> Result<Vec<String>, StorageError> {
+        let dir = self.root.join("uploads");
+        let entries =
+            fs::read_dir(&dir).map_err(io_err(|| format!("listing {}", dir.display())))?;
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
+    /// Verifies every stored blob (see [`BlobStore::verify`]).
+    pub fn scrub(&self, full: bool) -> Result<ScrubReport, StorageError> {
+        let mut report = ScrubReport::default();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let top = self.root.join("blobs").join(algorithm.as_str());
+            for shard in read_dir_names(&top)? {
+                for name in read_dir_names(&top.join(&shard))? {
+                    let Ok(digest) = Digest::parse(&format!("{}:{name}", algorithm.as_str()))
+                    else {
+                        continue; // sidecars and anything that is not a blob
+                    };
+                    report.checked += 1;
+                    report.bytes += self.stat(&digest)?.unwrap_or(0);
+                    match self.verify(&digest, full) {
+                        Ok(()) => {}
+                        Err(StorageError::Corrupt { detail, .. }) => {
+                            report.corrupt.push((digest, detail))
+                        }
+                        Err(e) => report.corrupt.push((digest, e.to_string())),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Bytes an upload session has on disk, if it exists.
+    pub fn staged_len(&self, id: &UploadId) -> Result<Option<u64>, StorageError> {
+        let path = self.upload_dir(id).join("data");
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(|| format!("stat {}", path.display()))(e)),
+        }
+    }
+
+    /// Deletes an upload's staging data.
+    pub fn discard_upload(&self, id: &UploadId) -> Result<(), StorageError> {
+        let dir = self.upload_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(|| format!("removing {}", dir.display()))(e)),
+        }
+    }
+}
+
+/// What a scrub found.
+#[derive(Debug, Default)]
+pub struct ScrubReport {
+    /// Blobs checked.
+    pub checked: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// Blobs that failed, with why.
+    pub corrupt: Vec<(Digest, String)>,
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, StorageError> {
+    let entries = fs::read_dir(dir).map_err(io_err(|| format!("listing {}", dir.display())))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> Result<Digest, StorageError> {
+    let mut hasher = algorithm.hasher();
+    let mut file = File::open(path).map_err(io_err(|| format!("opening {}", path.display())))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = read_full(&mut file, &mut buf)
+            .map_err(io_err(|| format!("reading {}", path.display())))?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let ctx = || format!("writing {}", path.display());
+    let mut f = File::create(path).map_err(io_err(ctx))?;
+    io::Write::write_all(&mut f, bytes).map_err(io_err(ctx))?;
+    f.sync_all().map_err(io_err(ctx))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StorageError> {
+    fs::rename(from, to).map_err(io_err(|| {
+        format!("renaming {} to {}", from.display(), to.display())
+    }))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(|| format!("syncing directory {}", dir.display())))
+}
