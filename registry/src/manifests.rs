@@ -5,8 +5,9 @@ use axum::http::request::Parts as Request;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use berth_oci::limits::MANIFEST_SIZE_MAX;
+use berth_oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use berth_oci::{manifest, Algorithm, Digest, Reference, RepoName};
-use berth_storage::meta::NewManifest;
+use berth_storage::meta::{NewManifest, StoredManifest};
 use http_body_util::{BodyExt, Limited};
 
 use crate::error::{ErrorCode, OciError};
@@ -25,17 +26,22 @@ pub(crate) async fn get(
     reg: &Shared,
     repo: RepoName,
     reference: &str,
-    _req: &Request,
+    req: &Request,
     with_body: bool,
 ) -> Result<Response, OciError> {
     let reference = Reference::parse(reference)?;
+    let accept = Accept::from_headers(req);
     let reg2 = reg.clone();
     let r = reference.clone();
     let stored = blocking(move || {
-        Ok(match &r {
+        let found = match &r {
             Reference::Tag(tag) => reg2.meta.manifest_by_tag(&repo, tag)?,
             Reference::Digest(d) => reg2.meta.manifest_by_digest(&repo, d)?,
-        })
+        };
+        match found {
+            Some(m) if !accept.allows(&m.media_type) => negotiate(&reg2, &repo, m),
+            other => Ok(other),
+        }
     })
     .await?;
     let m = stored.ok_or_else(|| OciError::manifest_unknown(&reference))?;
@@ -57,6 +63,60 @@ pub(crate) async fn get(
         h.insert("etag", v);
     }
     Ok(resp)
+}
+
+/// The media types a client accepts. An absent header, or one with a wildcard, accepts all.
+struct Accept(Option<Vec<String>>);
+
+impl Accept {
+    fn from_headers(req: &Request) -> Accept {
+        let mut types = Vec::new();
+        for value in req.headers.get_all("accept") {
+            let Ok(value) = value.to_str() else { continue };
+            for item in value.split(',') {
+                let media_type = item.split(';').next().unwrap_or("").trim();
+                if media_type == "*/*" || media_type == "application/*" {
+                    return Accept(None);
+                }
+                if !media_type.is_empty() {
+                    types.push(media_type.to_owned());
+                }
+            }
+        }
+        Accept((!types.is_empty()).then_some(types))
+    }
+
+    fn allows(&self, media_type: &str) -> bool {
+        match &self.0 {
+            None => true,
+            // Image manifests are served whatever the client says (as distribution does):
+            // there is no other representation to offer.
+            Some(types) => {
+                types.iter().any(|t| t == media_type)
+                    || !matches!(media_type, OCI_INDEX | DOCKER_MANIFEST_LIST)
+            }
+        }
+    }
+}
+
+/// A client that does not accept indexes gets the `linux/amd64` image of a multi-platform
+/// index (what distribution does for old clients), or `MANIFEST_UNKNOWN`.
+fn negotiate(
+    reg: &Shared,
+    repo: &RepoName,
+    index: StoredManifest,
+) -> Result<Option<StoredManifest>, OciError> {
+    let parsed = manifest::parse(&index.content, Some(&index.media_type))?;
+    let default_platform = parsed.manifests.iter().find(|d| {
+        d.platform.as_ref().is_some_and(|p| {
+            p.get("os").and_then(|v| v.as_str()) == Some("linux")
+                && p.get("architecture").and_then(|v| v.as_str()) == Some("amd64")
+        })
+    });
+    match default_platform {
+        Some(child) => Ok(reg.meta.manifest_by_digest(repo, &child.digest)?),
+        None => Ok(None),
+    }
 }
 
 /// `PUT`: validates and stores a manifest, moving the tag if pushed by tag.

@@ -591,6 +591,30 @@ async fn indexes_docker_types_and_deletes() {
         (Some(OCI_INDEX), index.as_bytes())
     );
 
+    // A client that does not accept indexes gets the linux/amd64 image.
+    let r = node
+        .req(
+            "GET",
+            "/v2/multi/manifests/latest",
+            &[("accept", OCI_MANIFEST)],
+            b"",
+        )
+        .await;
+    assert_eq!(
+        (r.header("content-type"), r.body.as_slice()),
+        (Some(OCI_MANIFEST), amd.as_slice())
+    );
+    assert_eq!(r.header("docker-content-digest"), Some(amd_d.as_str()));
+    let r = node
+        .req(
+            "GET",
+            "/v2/multi/manifests/latest",
+            &[("accept", &format!("{OCI_MANIFEST}, {OCI_INDEX}"))],
+            b"",
+        )
+        .await;
+    assert_eq!(r.body, index.as_bytes());
+
     // Docker schema 2 manifest and manifest list.
     let docker = String::from_utf8(amd.clone())
         .expect("utf8")
