@@ -69,9 +69,11 @@ fn blob_put_get(c: &mut Criterion) {
                 blob.file.read_exact(&mut buf).expect("read");
             })
         });
-        g.bench_with_input(BenchmarkId::new("verify_crc", size), &digest, |b, digest| {
-            b.iter(|| store.verify(digest, false).expect("intact"))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("verify_crc", size),
+            &digest,
+            |b, digest| b.iter(|| store.verify(digest, false).expect("intact")),
+        );
     }
     g.finish();
 }
@@ -95,11 +97,16 @@ fn manifests(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(m.len() as u64));
     g.bench_function("parse_8_layers", |b| {
         b.iter(|| {
-            manifest::parse(black_box(m.as_bytes()), Some("application/vnd.oci.image.manifest.v1+json"))
-                .expect("valid")
+            manifest::parse(
+                black_box(m.as_bytes()),
+                Some("application/vnd.oci.image.manifest.v1+json"),
+            )
+            .expect("valid")
         })
     });
-    g.bench_function("digest_8_layers", |b| b.iter(|| Digest::sha256_of(black_box(m.as_bytes()))));
+    g.bench_function("digest_8_layers", |b| {
+        b.iter(|| Digest::sha256_of(black_box(m.as_bytes())))
+    });
     g.finish();
 }
 
