@@ -86,22 +86,29 @@ pub struct Registry {
 type Shared = Arc<Registry>;
 
 impl Registry {
-    /// Builds a registry over a blob store and a metadata store, and discards staging data of
-    /// uploads the metadata store does not know (left by a crash mid-way through a
-    /// monolithic upload).
+    /// Builds a registry over a blob store and a metadata store, and reconciles the two views
+    /// of upload sessions left by a crash: staging data the database does not know (a
+    /// monolithic upload) is discarded, and sessions whose staging data is gone are forgotten.
     pub fn new(
         config: RegistryConfig,
         blobs: BlobStore,
         meta: Arc<dyn MetadataStore>,
     ) -> Result<Registry, OciError> {
         let known: std::collections::HashSet<String> = meta.upload_ids()?.into_iter().collect();
-        for id in blobs.staged_upload_ids()? {
-            if !known.contains(&id) {
-                if let Some(id) = berth_storage::UploadId::parse(&id) {
-                    tracing::info!(upload = id.as_str(), "discarding orphaned staging data");
-                    blobs.discard_upload(&id)?;
-                }
+        let staged: std::collections::HashSet<String> =
+            blobs.staged_upload_ids()?.into_iter().collect();
+        for id in staged.difference(&known) {
+            if let Some(id) = berth_storage::UploadId::parse(id) {
+                tracing::info!(upload = id.as_str(), "discarding orphaned staging data");
+                blobs.discard_upload(&id)?;
             }
+        }
+        for id in known.difference(&staged) {
+            tracing::info!(
+                upload = id.as_str(),
+                "forgetting upload session without staging data"
+            );
+            meta.delete_upload(id)?;
         }
         let uploads = uploads::Sessions::new(config.upload_sessions_max);
         Ok(Registry {

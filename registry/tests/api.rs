@@ -284,6 +284,30 @@ async fn chunked_upload_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn restart_reconciles_staging_data_with_sessions() {
+    let mut node = Node::new();
+    let lost = node.start_session("r").await;
+    let kept = node.start_session("r").await;
+    let lost_id = lost.rsplit('/').next().expect("id");
+    std::fs::remove_dir_all(node.data_dir().join("uploads").join(lost_id)).expect("remove");
+    let stray = node.data_dir().join("uploads").join(uuid_like());
+    std::fs::create_dir_all(&stray).expect("stray dir");
+    node.restart();
+    assert!(!stray.exists(), "staging data of no session is discarded");
+    node.req("GET", &lost, &[], b"")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
+    node.req("GET", &kept, &[], b"")
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+    assert_eq!(node.staged_uploads(), 1);
+}
+
+fn uuid_like() -> String {
+    "0b7c6f1e-3a2d-4c5b-8e9f-aaaaaaaaaaaa".to_owned()
+}
+
+#[tokio::test]
 async fn sha512_blobs() {
     let node = Node::new();
     let data = b"sha512 content";

@@ -151,6 +151,10 @@ impl Node {
         (image_manifest(&config, layers), config)
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Blob files under `blobs/` (sidecars excluded).
     pub fn blob_files(&self) -> usize {
         let mut n = 0;
