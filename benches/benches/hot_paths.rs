@@ -6,7 +6,7 @@ use std::io::Read;
 
 use berth_oci::{manifest, Algorithm, Digest};
 use berth_registry::route;
-use berth_storage::{BlobStore, ChunkCrcs, UploadWriter};
+use berth_storage::{BlobStore, ChunkHasher, UploadWriter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn payload(len: usize) -> Vec<u8> {
@@ -30,9 +30,9 @@ fn hashing(c: &mut Criterion) {
             b.iter(|| Digest::of(algorithm, black_box(&data)))
         });
     }
-    g.bench_function("crc32_chunks", |b| {
+    g.bench_function("chunk_index_crc32_sha1", |b| {
         b.iter(|| {
-            let mut crcs = ChunkCrcs::default();
+            let mut crcs = ChunkHasher::default();
             crcs.update(black_box(&data));
             crcs.finish()
         })

@@ -2,7 +2,7 @@
 //!
 //! Layout under the data directory:
 //! - `blobs/<algorithm>/<hex[..2]>/<hex>`: the blob, immutable once renamed in;
-//! - `blobs/<algorithm>/<hex[..2]>/<hex>.crc`: its per-chunk CRC32 sidecar;
+//! - `blobs/<algorithm>/<hex[..2]>/<hex>.idx`: its chunk index (crc32 + SHA-1 per MiB);
 //! - `uploads/<uuid>/data`: an upload being received (never served).
 
 use std::fs::{self, File};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use berth_oci::{Algorithm, Digest};
 
-use crate::crc::{ChunkCrcs, CRC_CHUNK_SIZE};
+use crate::chunks::{ChunkIndex, CHUNK_SIZE};
 use crate::upload::{UploadId, UploadWriter};
 
 /// What can go wrong in the blob store.
@@ -100,8 +100,8 @@ impl BlobStore {
         self.shard_dir(digest).join(digest.hex())
     }
 
-    fn crc_path(&self, digest: &Digest) -> PathBuf {
-        self.shard_dir(digest).join(format!("{}.crc", digest.hex()))
+    fn index_path(&self, digest: &Digest) -> PathBuf {
+        self.shard_dir(digest).join(format!("{}.idx", digest.hex()))
     }
 
     pub(crate) fn upload_dir(&self, id: &UploadId) -> PathBuf {
@@ -166,20 +166,20 @@ impl BlobStore {
                 sync_dir(parent)?;
             }
         }
-        let crc_staging = staged.dir.join("crc");
-        write_durably(&crc_staging, &ChunkCrcs::encode(&staged.crcs))?;
-        rename(&crc_staging, &self.crc_path(expected))?;
+        let index_staging = staged.dir.join("idx");
+        write_durably(&index_staging, &staged.chunks.encode())?;
+        rename(&index_staging, &self.index_path(expected))?;
         rename(&staged.data_path, &self.blob_path(expected))?;
         sync_dir(&shard)?;
         discard();
         Ok(staged.len)
     }
 
-    /// Reads a blob's stored chunk checksums.
-    pub fn read_crcs(&self, digest: &Digest) -> Result<Option<Vec<u32>>, StorageError> {
-        let path = self.crc_path(digest);
+    /// Reads a blob's chunk index (crc32s and BitTorrent piece hashes).
+    pub fn read_index(&self, digest: &Digest) -> Result<Option<ChunkIndex>, StorageError> {
+        let path = self.index_path(digest);
         match fs::read(&path) {
-            Ok(bytes) => ChunkCrcs::decode(&bytes)
+            Ok(bytes) => ChunkIndex::decode(&bytes)
                 .map(Some)
                 .map_err(io_err(|| format!("decoding {}", path.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -195,12 +195,13 @@ impl BlobStore {
         };
         let path = self.blob_path(digest);
         let crcs = self
-            .read_crcs(digest)?
-            .ok_or_else(|| corrupt("checksum sidecar missing".into()))?;
+            .read_index(digest)?
+            .ok_or_else(|| corrupt("chunk index missing".into()))?
+            .crcs;
         let mut file =
             File::open(&path).map_err(io_err(|| format!("opening {}", path.display())))?;
         let mut hasher = digest.algorithm().hasher();
-        let mut buf = vec![0u8; CRC_CHUNK_SIZE as usize];
+        let mut buf = vec![0u8; CHUNK_SIZE as usize];
         for (index, expected_crc) in crcs.iter().enumerate() {
             let n = read_full(&mut file, &mut buf)
                 .map_err(io_err(|| format!("reading {}", path.display())))?;
@@ -224,7 +225,7 @@ impl BlobStore {
 
     /// Removes a blob (garbage collection). Readers holding it open keep their copy.
     pub fn remove(&self, digest: &Digest) -> Result<(), StorageError> {
-        for path in [self.blob_path(digest), self.crc_path(digest)] {
+        for path in [self.blob_path(digest), self.index_path(digest)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -15,12 +15,12 @@
 #![deny(missing_docs)]
 
 mod blob;
-mod crc;
+mod chunks;
 pub mod meta;
 mod upload;
 
 pub use blob::{BlobFile, BlobStore, ScrubReport, StorageError};
-pub use crc::{ChunkCrcs, CRC_CHUNK_SIZE};
+pub use chunks::{ChunkHasher, ChunkIndex, CHUNK_SIZE};
 pub use meta::sqlite::SqliteMetadata;
 pub use meta::{MetaError, MetadataStore};
 pub use upload::{StreamError, UploadId, UploadWriter};

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::blob::{io_err, sync_dir, BlobStore, StorageError};
-use crate::crc::ChunkCrcs;
+use crate::chunks::{ChunkHasher, ChunkIndex};
 
 /// Frames queued between the network task and the blocking writer. Bounds memory per upload
 /// to this many request frames (hyper's are at most a few hundred KiB).
@@ -55,7 +55,7 @@ pub struct UploadWriter {
     out: BufWriter<File>,
     len: u64,
     hasher: Hasher,
-    crcs: ChunkCrcs,
+    chunks: ChunkHasher,
 }
 
 /// A finished, flushed and fsynced upload, ready to be verified and renamed into place.
@@ -64,7 +64,7 @@ pub(crate) struct Sealed {
     pub data_path: PathBuf,
     pub len: u64,
     pub hasher: Hasher,
-    pub crcs: Vec<u32>,
+    pub chunks: ChunkIndex,
 }
 
 /// Why streaming into an upload stopped early.
@@ -105,7 +105,7 @@ impl UploadWriter {
             out: BufWriter::with_capacity(WRITE_BUFFER_SIZE, file),
             len: 0,
             hasher: algorithm.hasher(),
-            crcs: ChunkCrcs::default(),
+            chunks: ChunkHasher::default(),
         })
     }
 
@@ -122,7 +122,7 @@ impl UploadWriter {
             Err(e) => return Err(io_err(|| format!("opening {}", data_path.display()))(e)),
         };
         let mut hasher = Algorithm::Sha256.hasher();
-        let mut crcs = ChunkCrcs::default();
+        let mut chunks = ChunkHasher::default();
         let mut len = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -133,7 +133,7 @@ impl UploadWriter {
                 Err(e) => return Err(io_err(|| format!("reading {}", data_path.display()))(e)),
             };
             hasher.update(&buf[..n]);
-            crcs.update(&buf[..n]);
+            chunks.update(&buf[..n]);
             len += n as u64;
         }
         Ok(UploadWriter {
@@ -143,7 +143,7 @@ impl UploadWriter {
             out: BufWriter::with_capacity(WRITE_BUFFER_SIZE, file),
             len,
             hasher,
-            crcs,
+            chunks,
         })
     }
 
@@ -168,7 +168,7 @@ impl UploadWriter {
             .write_all(bytes)
             .map_err(io_err(|| format!("writing {}", self.data_path.display())))?;
         self.hasher.update(bytes);
-        self.crcs.update(bytes);
+        self.chunks.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -256,7 +256,7 @@ impl UploadWriter {
             data_path: self.data_path,
             len: self.len,
             hasher: self.hasher,
-            crcs: self.crcs.finish(),
+            chunks: self.chunks.finish(),
         })
     }
 }

@@ -162,7 +162,7 @@ impl Node {
             let top = self.dir.path().join("blobs").join(algo);
             for shard in std::fs::read_dir(&top).expect("blobs dir").flatten() {
                 for f in std::fs::read_dir(shard.path()).expect("shard").flatten() {
-                    if !f.file_name().to_string_lossy().ends_with(".crc") {
+                    if !f.file_name().to_string_lossy().ends_with(".idx") {
                         n += 1;
                     }
                 }

@@ -200,7 +200,7 @@ fn push_all_and_kill(node: &mut Node, jobs: &[Job]) -> Res<Vec<Outcome>> {
     })
 }
 
-/// Every file under `blobs/` is a whole blob named by its own digest (or its `.crc`).
+/// Every file under `blobs/` is a whole blob named by its own digest (or its `.idx` chunk index).
 fn assert_no_partial_blob_visible(data_dir: &Path) -> Res<usize> {
     let mut blobs = 0;
     for shard in std::fs::read_dir(data_dir.join("blobs/sha256"))? {
@@ -211,7 +211,7 @@ fn assert_no_partial_blob_visible(data_dir: &Path) -> Res<usize> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .ok_or_else(|| fail(format!("odd file name {}", path.display())))?;
-            let hex = name.strip_suffix(".crc").unwrap_or(name);
+            let hex = name.strip_suffix(".idx").unwrap_or(name);
             let shard_name = shard.file_name().and_then(|n| n.to_str());
             assert!(
                 hex.len() == 64
@@ -220,7 +220,7 @@ fn assert_no_partial_blob_visible(data_dir: &Path) -> Res<usize> {
                 "unexpected file in the blob store: {}",
                 path.display()
             );
-            if name.ends_with(".crc") {
+            if name.ends_with(".idx") {
                 continue;
             }
             let bytes = std::fs::read(&path)?;
