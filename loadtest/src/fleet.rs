@@ -47,7 +47,9 @@ pub struct FleetArgs {
     /// Nodes that pull at once.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
-    /// Extra argument for every node (repeatable); `{origin}` becomes the origin's URL.
+    /// Extra argument for every node (repeatable); `{origin}` becomes the origin's URL,
+    /// `{p2p_listen}` a per-node libp2p multiaddr on loopback and `{peers}` the
+    /// comma-separated multiaddrs of all other nodes (a berth p2p fleet).
     /// With none, clients pull directly from the origin ("direct" mode).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
@@ -75,6 +77,9 @@ pub struct FleetArgs {
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Pause between all nodes answering and the pull (lets p2p nodes connect).
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "0s")]
+    pub settle: Duration,
 }
 
 /// One node's pull.
@@ -90,6 +95,10 @@ pub struct NodeResult {
     pub bytes: u64,
     /// Failure, if any.
     pub error: Option<String>,
+    /// Blob bytes the node got from peers (`berth_blob_bytes_total{source="peer"}`).
+    pub peer_bytes: Option<u64>,
+    /// Blob bytes the node got from its upstream (`{source="upstream"}`).
+    pub upstream_bytes: Option<u64>,
 }
 
 /// Fleet results.
@@ -148,6 +157,17 @@ impl FleetReport {
                     "origin egress: unavailable (no {EGRESS_COUNTER} in /metrics)"
                 );
             }
+        }
+        let sum = |f: fn(&NodeResult) -> Option<u64>| -> Option<u64> {
+            self.nodes.iter().map(f).sum::<Option<u64>>()
+        };
+        if let (Some(p), Some(u)) = (sum(|n| n.peer_bytes), sum(|n| n.upstream_bytes)) {
+            let _ = writeln!(
+                s,
+                "node blob bytes: from peers {:.1} MB, from the origin {:.1} MB",
+                p as f64 / 1e6,
+                u as f64 / 1e6
+            );
         }
         let _ = writeln!(
             s,
@@ -248,15 +268,26 @@ async fn drive(args: &FleetArgs, fleet: &mut Fleet) -> Result<FleetReport, Error
 
     let via_nodes = !args.node_args.is_empty();
     let mut urls = Vec::with_capacity(args.nodes);
+    let p2p_addrs: Vec<String> = (0..args.nodes)
+        .map(|_| free_port().map(|p| format!("/ip4/127.0.0.1/tcp/{p}")))
+        .collect::<Result<_, _>>()?;
     for i in 0..args.nodes {
         if via_nodes {
-            let node = spawn_node(
-                &bin,
-                &args.node_args,
-                Some(&origin_url),
-                &format!("node{i}"),
-            )
-            .await?;
+            let peers: Vec<&str> = p2p_addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.as_str())
+                .collect();
+            let node_args: Vec<String> = args
+                .node_args
+                .iter()
+                .map(|a| {
+                    a.replace("{p2p_listen}", &p2p_addrs[i])
+                        .replace("{peers}", &peers.join(","))
+                })
+                .collect();
+            let node = spawn_node(&bin, &node_args, Some(&origin_url), &format!("node{i}")).await?;
             urls.push(node.url.clone());
             fleet.nodes.push(node);
         } else {
@@ -266,9 +297,25 @@ async fn drive(args: &FleetArgs, fleet: &mut Fleet) -> Result<FleetReport, Error
     for (n, url) in fleet.nodes.iter().skip(1).zip(&urls) {
         wait_ready(n, url, args).await?;
     }
+    tokio::time::sleep(args.settle).await;
     let before = egress(&origin_client).await;
-    let results = pull_all(args, repo, &tag, &image, &urls).await?;
+    let mut results = pull_all(args, repo, &tag, &image, &urls).await?;
     let after = egress(&origin_client).await;
+    if via_nodes {
+        for r in &mut results {
+            let Ok(c) = client(&r.url, args) else {
+                continue;
+            };
+            let text = metrics_text(&c).await;
+            let get = |src: &str| {
+                text.as_deref().and_then(|t| {
+                    sum_counter(t, &format!("berth_blob_bytes_total{{source=\"{src}\"}}"))
+                })
+            };
+            r.peer_bytes = get("peer");
+            r.upstream_bytes = get("upstream");
+        }
+    }
     let egress = before.zip(after).map(|(b, a)| a.saturating_sub(b));
     Ok(summarise(via_nodes, &origin_url, &image, results, egress))
 }
@@ -302,6 +349,8 @@ async fn pull_all(
             seconds: start.elapsed().as_secs_f64(),
             bytes: *r.as_ref().unwrap_or(&0),
             error: r.err().map(|e: ReqError| e.to_string()),
+            peer_bytes: None,
+            upstream_bytes: None,
         }
     });
     tokio::time::timeout(args.deadline, futures_util::future::join_all(pulls))
@@ -418,6 +467,11 @@ async fn wait_ready(node: &Node, url: &str, args: &FleetArgs) -> Result<(), Erro
 
 /// Sum of the egress counter across label sets, or `None` if absent or unreadable.
 async fn egress(origin: &Client) -> Option<u64> {
+    sum_counter(&metrics_text(origin).await?, EGRESS_COUNTER)
+}
+
+/// A registry's `/metrics` text, if it serves one.
+async fn metrics_text(origin: &Client) -> Option<String> {
     let call = Call {
         method: Method::GET,
         url: "/metrics",
@@ -431,7 +485,7 @@ async fn egress(origin: &Client) -> Option<u64> {
     let body = read_small(resp, METRICS_SIZE_MAX, origin.timeout())
         .await
         .ok()?;
-    sum_counter(std::str::from_utf8(&body).ok()?, EGRESS_COUNTER)
+    String::from_utf8(body.to_vec()).ok()
 }
 
 /// Sums every sample of `name` in a Prometheus text exposition.

@@ -215,6 +215,32 @@ impl From<MetaError> for OciError {
             .with_detail(serde_json::json!({
                 "missing": missing.iter().map(|d| d.to_string()).collect::<Vec<_>>()
             })),
+            // A spec code (clients know DENIED) with a machine-readable reason in `detail`.
+            MetaError::TagImmutable(tag) => OciError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Denied,
+                format!("tag {tag} is immutable: it cannot be moved or deleted"),
+            )
+            .with_detail(serde_json::json!({ "reason": "TAG_IMMUTABLE", "tag": tag })),
+            MetaError::QuotaExceeded {
+                scope,
+                used,
+                limit,
+                needed,
+            } => OciError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                format!(
+                    "quota exceeded for {scope}: used {used} of {limit} bytes, blob needs {needed}"
+                ),
+            )
+            .with_detail(serde_json::json!({
+                "reason": "QUOTA_EXCEEDED", "scope": scope, "used": used,
+                "limit": limit, "needed": needed
+            })),
+            MetaError::NotRestorable(msg) => {
+                OciError::new(StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown, msg)
+            }
             other => OciError::internal(&other),
         }
     }
@@ -232,5 +258,34 @@ impl From<StorageError> for OciError {
             StorageError::UploadUnknown(_) => OciError::upload_unknown(),
             other => OciError::internal(&other),
         }
+    }
+}
+
+/// Derived images (issue 6). A layer that does not decode, or decodes to another diff_id than
+/// its config declares, is **422 `MANIFEST_INVALID`**, with `detail.reason`:
+/// - not 5xx: the stored blob hashes to the digest it was pushed under (checked at commit;
+///   bit rot on disk is `berth scrub`'s job), so these are the bytes the pusher sent and the
+///   failure is permanent. Clients retry 5xx with backoff, and operators are paged for them;
+///   neither helps an image that was broken when pushed.
+/// - not `BLOB_UNKNOWN`: the blob is known and still served as pushed; that code would invite
+///   a pointless re-push of the same bytes.
+/// - `MANIFEST_INVALID`: the spec's closest code: the image this manifest describes cannot
+///   be turned into the requested variant. `detail.layer` (added by the caller) names the blob.
+///
+/// Limits the operator set (`expansion_ratio_max`, `tar_entries_max`) are 422 `UNSUPPORTED`;
+/// failures to read, write or encode are ours: 500.
+impl From<berth_transcoder::TranscodeError> for OciError {
+    fn from(e: berth_transcoder::TranscodeError) -> OciError {
+        use berth_transcoder::TranscodeError as T;
+        let (code, reason) = match &e {
+            T::Corrupt { .. } => (ErrorCode::ManifestInvalid, "LAYER_CORRUPT"),
+            T::DiffIdMismatch { .. } => (ErrorCode::ManifestInvalid, "DIFF_ID_MISMATCH"),
+            T::Image(_) => (ErrorCode::ManifestInvalid, "IMAGE_INVALID"),
+            T::ExpansionLimit { .. } => (ErrorCode::Unsupported, "EXPANSION_LIMIT"),
+            T::TooManyEntries(_) => (ErrorCode::Unsupported, "TOO_MANY_ENTRIES"),
+            T::Input(_) | T::Output(_) | T::Encode(_) => return OciError::internal(&e),
+        };
+        OciError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+            .with_detail(serde_json::json!({ "reason": reason }))
     }
 }

@@ -67,7 +67,10 @@ pub(crate) async fn tags(
 pub(crate) async fn catalog(reg: &Shared, req: &Request) -> Result<Response, OciError> {
     let (n, last) = page_params(reg, req)?;
     let reg2 = reg.clone();
-    let page = blocking(move || Ok(reg2.meta.catalog(last.as_deref(), n)?)).await?;
+    // Identity: only repositories the caller may read (auth off: all).
+    let access = req.extensions.get::<crate::auth::Access>().cloned();
+    let page =
+        blocking(move || crate::auth::catalog_page(&reg2, &access, last.as_deref(), n)).await?;
     let body = serde_json::json!({ "repositories": page.items }).to_string();
     Ok(with_next_link(
         json_response(StatusCode::OK, body),

@@ -11,7 +11,7 @@ use berth_storage::meta::{NewManifest, StoredManifest};
 use http_body_util::{BodyExt, Limited};
 
 use crate::error::{ErrorCode, OciError};
-use crate::{blocking, header_str, Shared};
+use crate::{blocking, header_str, metadata_read, Shared};
 
 fn too_large() -> OciError {
     OciError::new(
@@ -30,10 +30,14 @@ pub(crate) async fn get(
     with_body: bool,
 ) -> Result<Response, OciError> {
     let reference = Reference::parse(reference)?;
+    // Pull-through: revalidate / fetch from the content source, if one is configured.
+    if let Some(resp) = crate::source::manifest_get(reg, &repo, &reference, req, with_body).await? {
+        return Ok(resp);
+    }
     let accept = Accept::from_headers(req);
     let reg2 = reg.clone();
     let r = reference.clone();
-    let stored = blocking(move || {
+    let stored = metadata_read(move || {
         let found = match &r {
             Reference::Tag(tag) => reg2.meta.manifest_by_tag(&repo, tag)?,
             Reference::Digest(d) => reg2.meta.manifest_by_digest(&repo, d)?,
@@ -42,8 +46,7 @@ pub(crate) async fn get(
             Some(m) if !accept.allows(&m.media_type) => negotiate(&reg2, &repo, m),
             other => Ok(other),
         }
-    })
-    .await?;
+    })?;
     let m = stored.ok_or_else(|| OciError::manifest_unknown(&reference))?;
     let len = m.content.len() as u64;
     let mut resp = Response::new(if with_body {
@@ -168,12 +171,18 @@ pub(crate) async fn put(
             Reference::Digest(_) => None,
             Reference::Tag(t) => Some(t),
         };
+        // Tag lifecycle labels (`quay.expires-after`, `quay.immutable`) of the image config.
+        let tag_options = match tag {
+            Some(_) => crate::api::labels::tag_options(&reg2, &repo2, &parsed),
+            None => Default::default(),
+        };
         reg2.meta.put_manifest(NewManifest {
             repo: &repo2,
             digest: &digest,
             parsed: &parsed,
             content: &body,
             tag,
+            tag_options,
         })?;
         Ok((digest, parsed.subject.map(|s| s.digest)))
     })

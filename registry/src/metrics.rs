@@ -30,7 +30,18 @@ pub struct Metrics {
     upload_count: AtomicU64,
     upload_micros_sum: AtomicU64,
     blobs_committed: AtomicU64,
+    blobs_corrupt: AtomicU64,
+    /// GC, expiry and retention counters (rendered by [`crate::api::LifecycleMetrics`]).
+    pub lifecycle: crate::api::LifecycleMetrics,
+    /// Blob bytes by where they came from: local disk, peers, the upstream (see
+    /// [`crate::source::Origin`]).
+    source_bytes: [Arc<AtomicU64>; 3],
+    /// Metrics rendered by the node (see [`Metrics::set_extra`]).
+    extra: std::sync::OnceLock<ExtraRender>,
 }
+
+/// A renderer of node-owned metrics (see [`Metrics::set_extra`]).
+pub type ExtraRender = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// A method name with static lifetime (bounded label values).
 pub fn method_label(m: &http::Method) -> &'static str {
@@ -68,6 +79,33 @@ impl Metrics {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Counts a blob that failed an integrity check on read.
+    pub fn record_corrupt_blob(&self) {
+        self.blobs_corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn source_counter(&self, origin: crate::source::Origin) -> &Arc<AtomicU64> {
+        use crate::source::Origin;
+        &self.source_bytes[match origin {
+            Origin::Local => 0,
+            Origin::Peer => 1,
+            Origin::Upstream => 2,
+        }]
+    }
+
+    /// Counts blob bytes obtained from `origin`.
+    pub fn add_source_bytes(&self, origin: crate::source::Origin, n: u64) {
+        self.source_counter(origin).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Wraps a blob response body so its bytes are counted under `origin`.
+    pub fn count_source_body(&self, origin: crate::source::Origin, body: Body) -> Body {
+        Body::new(CountingBody {
+            inner: body,
+            counter: self.source_counter(origin).clone(),
+        })
     }
 
     /// Wraps a response body so the bytes it sends are counted.
@@ -118,6 +156,26 @@ impl Metrics {
             "Blob uploads verified and stored.",
             self.blobs_committed.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "berth_blobs_corrupt_total",
+            "Blobs that failed their crc32 check on read and were quarantined.",
+            self.blobs_corrupt.load(Ordering::Relaxed),
+        );
+        self.lifecycle.render(&mut out);
+        out.push_str("# HELP berth_blob_bytes_total Blob bytes by source: served from local disk, received from peers or from the upstream.\n# TYPE berth_blob_bytes_total counter\n");
+        for origin in [
+            crate::source::Origin::Local,
+            crate::source::Origin::Peer,
+            crate::source::Origin::Upstream,
+        ] {
+            let _ = writeln!(
+                out,
+                "berth_blob_bytes_total{{source=\"{}\"}} {}",
+                origin.label(),
+                self.source_counter(origin).load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# HELP berth_upload_duration_seconds Duration of the request that completed a blob upload.\n");
         out.push_str("# TYPE berth_upload_duration_seconds histogram\n");
         for (bound, counter) in UPLOAD_SECONDS_BUCKETS.iter().zip(&self.upload_buckets) {
@@ -138,7 +196,16 @@ impl Metrics {
             self.upload_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "berth_upload_duration_seconds_count {count}");
+        if let Some(extra) = self.extra.get() {
+            extra(&mut out);
+        }
         out
+    }
+
+    /// Installs a renderer for metrics the node owns (the peer layer's per-peer counters);
+    /// appended to [`Metrics::render`]. Only the first call takes effect.
+    pub fn set_extra(&self, render: ExtraRender) {
+        let _ = self.extra.set(render);
     }
 }
 

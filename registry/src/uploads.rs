@@ -107,7 +107,9 @@ pub(crate) async fn start(
 ) -> Result<Response, OciError> {
     let started = Instant::now();
     if let Some(mount) = query_param(req, "mount") {
-        if let Some(resp) = try_mount(reg, &repo, &mount, query_param(req, "from")).await? {
+        // Identity: a mount only considers sources the caller may read (auth off: all).
+        let access = req.extensions.get::<crate::auth::Access>().cloned();
+        if let Some(resp) = try_mount(reg, &repo, &mount, query_param(req, "from"), access).await? {
             return Ok(resp);
         }
     }
@@ -149,6 +151,7 @@ async fn try_mount(
     repo: &RepoName,
     mount: &str,
     from: Option<String>,
+    access: Option<crate::auth::Access>,
 ) -> Result<Option<Response>, OciError> {
     // A mount that cannot be satisfied falls back to a normal upload session, per the spec.
     let Ok(digest) = Digest::parse(mount) else {
@@ -163,10 +166,17 @@ async fn try_mount(
     let (repo2, d) = (repo.clone(), digest.clone());
     let mounted = blocking(move || {
         let size = match &from {
+            Some(from) if !crate::auth::Access::allows_read(&access, from) => None,
             Some(from) => reg2.meta.repo_blob(from, &d)?,
-            None => reg2.meta.any_repo_blob(&d)?.map(|(_, size)| size),
+            None => reg2
+                .meta
+                .any_repo_blob(&d)?
+                .filter(|(source, _)| crate::auth::Access::allows_read(&access, source))
+                .map(|(_, size)| size),
         };
         let Some(size) = size else { return Ok(false) };
+        // GC protocol: hold the digest lock from the existence check through the link.
+        let _digest_lock = reg2.blobs.lock_digest(&d);
         if reg2.blobs.stat(&d)? != Some(size) {
             return Ok(false);
         }
@@ -218,6 +228,8 @@ async fn commit(
     let reg2 = reg.clone();
     let (repo2, d) = (repo.clone(), digest.clone());
     blocking(move || {
+        // GC protocol: hold the digest lock from the dedup check / rename through the link.
+        let _digest_lock = reg2.blobs.lock_digest(&d);
         let size = reg2.blobs.commit(writer, &d)?;
         reg2.meta.link_blob(&repo2, &d, size)?;
         Ok(size)

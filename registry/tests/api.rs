@@ -109,6 +109,90 @@ async fn large_blobs_stream_back_intact() {
 }
 
 #[tokio::test]
+async fn a_corrupt_blob_is_never_served_as_good() {
+    let node = Node::new();
+    let data: Vec<u8> = (0..(3u32 << 20) + 77)
+        .map(|i| (i.wrapping_mul(7919) >> 5) as u8)
+        .collect();
+    let small = b"a small blob that will rot".to_vec();
+    let (d, ds) = (blob_digest(&data), blob_digest(&small));
+    node.post_blob("rot", &data)
+        .await
+        .assert_status(StatusCode::CREATED);
+    node.post_blob("rot", &small)
+        .await
+        .assert_status(StatusCode::CREATED);
+
+    // Damage in a later chunk: the transfer has begun, so it is cut short with an error.
+    node.corrupt_blob(&d, (2 << 20) + 10);
+    let (status, body) = node.req_streamed(&format!("/v2/rot/blobs/{d}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.is_err(),
+        "a corrupt chunk must end the body with an error"
+    );
+    // A range inside the intact first chunk was still fine to serve before quarantine... but
+    // the blob is now quarantined: it is gone until pushed again.
+    assert_eq!(
+        node.quarantined(),
+        2,
+        "blob and its index are in quarantine/"
+    );
+    node.req("GET", &format!("/v2/rot/blobs/{d}"), &[], b"")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
+
+    // Damage in the first chunk: refused before any header, with an error response.
+    node.corrupt_blob(&ds, 3);
+    node.req("GET", &format!("/v2/rot/blobs/{ds}"), &[], b"")
+        .await
+        .assert_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR");
+    let metrics =
+        String::from_utf8(node.req("GET", "/metrics", &[], b"").await.body).expect("utf8");
+    assert!(
+        metrics.lines().any(|l| l == "berth_blobs_corrupt_total 2"),
+        "{metrics}"
+    );
+
+    // Pushing the same content again heals the store.
+    node.post_blob("rot", &data)
+        .await
+        .assert_status(StatusCode::CREATED);
+    let (status, body) = node.req_streamed(&format!("/v2/rot/blobs/{d}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.as_deref() == Ok(&data[..]),
+        "healed blob is served intact"
+    );
+}
+
+#[tokio::test]
+async fn ranges_across_chunk_boundaries() {
+    let node = Node::new();
+    let data: Vec<u8> = (0..(2u32 << 20) + 500).map(|i| (i % 251) as u8).collect();
+    let d = blob_digest(&data);
+    node.post_blob("span", &data)
+        .await
+        .assert_status(StatusCode::CREATED);
+    let mib = 1usize << 20;
+    let cases = [
+        (mib - 10, mib + 10),
+        (0, mib - 1),
+        (mib, 2 * mib + 499),
+        (mib - 300_000, mib + 300_000),
+        (2 * mib, 2 * mib),
+    ];
+    for (a, b) in cases {
+        let range = format!("bytes={a}-{b}");
+        let (status, body) = node
+            .req_streamed(&format!("/v2/span/blobs/{d}"), &[("range", &range)])
+            .await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert!(body.as_deref() == Ok(&data[a..=b]), "{range}");
+    }
+}
+
+#[tokio::test]
 async fn wrong_digest_is_refused_and_nothing_is_stored() {
     let node = Node::new();
     let claimed = blob_digest(b"something else");

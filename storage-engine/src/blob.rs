@@ -65,6 +65,51 @@ pub struct BlobFile {
     pub len: u64,
 }
 
+/// An open blob with its chunk index: reads through it check every chunk's crc32, so a
+/// corrupt blob is detected before its bytes are used.
+#[derive(Debug)]
+pub struct VerifiedBlob {
+    /// The blob file, opened read-only.
+    pub file: File,
+    /// Its length in bytes.
+    pub len: u64,
+    digest: Digest,
+    crcs: Vec<u32>,
+}
+
+impl VerifiedBlob {
+    /// The blob's digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Length of chunk `chunk` (the last one may be short; past the end, 0).
+    pub fn chunk_len(&self, chunk: u64) -> usize {
+        CHUNK_SIZE.min(self.len.saturating_sub(chunk * CHUNK_SIZE)) as usize
+    }
+
+    /// Reads the whole chunk `chunk` into `buf` (at least [`VerifiedBlob::chunk_len`] long),
+    /// checks its crc32 and returns its length.
+    pub fn read_chunk(&self, chunk: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
+        let start = chunk * CHUNK_SIZE;
+        let len = self.chunk_len(chunk);
+        let expected = self.crcs.get(chunk as usize).copied();
+        let buf = buf.get_mut(..len).ok_or_else(|| StorageError::Corrupt {
+            digest: self.digest.clone(),
+            detail: "chunk buffer too small".into(),
+        })?;
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, start)
+            .map_err(io_err(|| format!("reading blob {}", self.digest)))?;
+        if expected != Some(crc32fast::hash(buf)) {
+            return Err(StorageError::Corrupt {
+                digest: self.digest.clone(),
+                detail: format!("chunk {chunk} fails its crc32"),
+            });
+        }
+        Ok(len)
+    }
+}
+
 /// The content-addressed blob store rooted at a data directory.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -131,6 +176,62 @@ impl BlobStore {
             .map_err(io_err(|| format!("stat {}", path.display())))?
             .len();
         Ok(Some(BlobFile { file, len }))
+    }
+
+    /// Opens a stored blob with its chunk index for checked reads. A blob whose index is
+    /// missing or does not cover it exactly is reported corrupt (the index is renamed into
+    /// place before the blob, so a stored blob always has one).
+    pub fn open_verified(&self, digest: &Digest) -> Result<Option<VerifiedBlob>, StorageError> {
+        let Some(BlobFile { file, len }) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
+        let corrupt = |detail: &str| StorageError::Corrupt {
+            digest: digest.clone(),
+            detail: detail.to_owned(),
+        };
+        let crcs = self
+            .read_index(digest)?
+            .ok_or_else(|| corrupt("chunk index missing"))?
+            .crcs;
+        if crcs.len() as u64 != len.div_ceil(CHUNK_SIZE) {
+            return Err(corrupt("chunk index does not match the blob's length"));
+        }
+        Ok(Some(VerifiedBlob {
+            file,
+            len,
+            digest: digest.clone(),
+            crcs,
+        }))
+    }
+
+    /// Moves a corrupt blob and its index to `quarantine/` (kept for inspection, never
+    /// served). The next push of the same digest stores a fresh copy.
+    pub fn quarantine(&self, digest: &Digest) -> Result<PathBuf, StorageError> {
+        let dir = self.root.join("quarantine");
+        fs::create_dir_all(&dir).map_err(io_err(|| format!("creating {}", dir.display())))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let target = dir.join(format!(
+            "{}-{}-{stamp}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ));
+        for (from, suffix) in [
+            (self.index_path(digest), ".idx"),
+            (self.blob_path(digest), ""),
+        ] {
+            let to = PathBuf::from(format!("{}{suffix}", target.display()));
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(|| format!("quarantining {}", from.display()))(e)),
+            }
+        }
+        sync_dir(&self.shard_dir(digest))?;
+        tracing::warn!(%digest, to = %target.display(), "corrupt blob quarantined");
+        Ok(target)
     }
 
     /// Verifies `writer`'s bytes against `expected` and, if they match, makes them the durable
@@ -246,8 +347,9 @@ impl BlobStore {
             .collect())
     }
 
-    /// Verifies every stored blob (see [`BlobStore::verify`]).
-    pub fn scrub(&self, full: bool) -> Result<ScrubReport, StorageError> {
+    /// Verifies every stored blob (see [`BlobStore::verify`]); with `quarantine`, moves each
+    /// corrupt one to `quarantine/`.
+    pub fn scrub(&self, full: bool, quarantine: bool) -> Result<ScrubReport, StorageError> {
         let mut report = ScrubReport::default();
         for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
             let top = self.root.join("blobs").join(algorithm.as_str());
@@ -259,13 +361,16 @@ impl BlobStore {
                     };
                     report.checked += 1;
                     report.bytes += self.stat(&digest)?.unwrap_or(0);
-                    match self.verify(&digest, full) {
-                        Ok(()) => {}
-                        Err(StorageError::Corrupt { detail, .. }) => {
-                            report.corrupt.push((digest, detail))
-                        }
-                        Err(e) => report.corrupt.push((digest, e.to_string())),
+                    let detail = match self.verify(&digest, full) {
+                        Ok(()) => continue,
+                        Err(StorageError::Corrupt { detail, .. }) => detail,
+                        Err(e) => e.to_string(),
+                    };
+                    if quarantine {
+                        self.quarantine(&digest)?;
+                        report.quarantined += 1;
                     }
+                    report.corrupt.push((digest, detail));
                 }
             }
         }
@@ -302,6 +407,8 @@ pub struct ScrubReport {
     pub bytes: u64,
     /// Blobs that failed, with why.
     pub corrupt: Vec<(Digest, String)>,
+    /// How many of them were moved to `quarantine/`.
+    pub quarantined: u64,
 }
 
 fn read_dir_names(dir: &Path) -> Result<Vec<String>, StorageError> {

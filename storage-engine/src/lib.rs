@@ -16,10 +16,14 @@
 
 mod blob;
 mod chunks;
+pub mod gc;
+pub mod locks;
 pub mod meta;
+pub mod retention;
 mod upload;
+mod writeback;
 
-pub use blob::{BlobFile, BlobStore, ScrubReport, StorageError};
+pub use blob::{BlobFile, BlobStore, ScrubReport, StorageError, VerifiedBlob};
 pub use chunks::{ChunkHasher, ChunkIndex, CHUNK_SIZE};
 pub use meta::sqlite::SqliteMetadata;
 pub use meta::{MetaError, MetadataStore};

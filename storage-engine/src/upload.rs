@@ -16,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::blob::{io_err, sync_dir, BlobStore, StorageError};
 use crate::chunks::{ChunkHasher, ChunkIndex};
+use crate::writeback;
 
 /// Frames queued between the network task and the blocking writer. Bounds memory per upload
 /// to this many request frames (hyper's are at most a few hundred KiB).
@@ -54,6 +55,8 @@ pub struct UploadWriter {
     data_path: PathBuf,
     out: BufWriter<File>,
     len: u64,
+    /// Bytes handed to the kernel for write-back so far (see `writeback`).
+    writeback_from: u64,
     hasher: Hasher,
     chunks: ChunkHasher,
 }
@@ -104,6 +107,7 @@ impl UploadWriter {
             data_path,
             out: BufWriter::with_capacity(WRITE_BUFFER_SIZE, file),
             len: 0,
+            writeback_from: 0,
             hasher: algorithm.hasher(),
             chunks: ChunkHasher::default(),
         })
@@ -142,6 +146,7 @@ impl UploadWriter {
             data_path,
             out: BufWriter::with_capacity(WRITE_BUFFER_SIZE, file),
             len,
+            writeback_from: len,
             hasher,
             chunks,
         })
@@ -170,6 +175,15 @@ impl UploadWriter {
         self.hasher.update(bytes);
         self.chunks.update(bytes);
         self.len += bytes.len() as u64;
+        if self.len - self.writeback_from >= writeback::WRITEBACK_STEP {
+            self.flush()?;
+            writeback::start(
+                self.out.get_ref(),
+                self.writeback_from,
+                self.len - self.writeback_from,
+            );
+            self.writeback_from = self.len;
+        }
         Ok(())
     }
 

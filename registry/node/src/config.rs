@@ -21,6 +21,37 @@ pub struct ServeArgs {
     /// Optional TOML configuration file.
     #[arg(long, env = "BERTH_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Pull through an upstream registry: `URL` (the default upstream) or `HOST=URL` (the
+    /// upstream standing for registry HOST, e.g. `docker.io=http://127.0.0.1:6000`).
+    /// Repeatable; replaces the config file's `[[upstream]]` list.
+    #[arg(long = "upstream", env = "BERTH_UPSTREAM", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// Tracker announce URL written into served `.torrent` files.
+    #[arg(long, env = "BERTH_TORRENT_ANNOUNCE")]
+    pub torrent_announce: Option<String>,
+    /// Seed public blobs over the BitTorrent peer protocol (`[bittorrent] seed = true`).
+    #[arg(long, env = "BERTH_SEED")]
+    pub seed: bool,
+    /// TCP address for BitTorrent peers [default: 0.0.0.0:6881].
+    #[arg(long, env = "BERTH_BITTORRENT_LISTEN")]
+    pub bittorrent_listen: Option<SocketAddr>,
+    /// Enable the peer layer, listening on these libp2p multiaddrs
+    /// (e.g. `/ip4/127.0.0.1/tcp/4001`); replaces `[p2p] listen`.
+    #[arg(long = "p2p-listen", env = "BERTH_P2P_LISTEN", value_delimiter = ',')]
+    pub p2p_listen: Vec<String>,
+    /// Peers to bootstrap from (multiaddrs); replaces `[p2p] bootstrap`.
+    #[arg(
+        long = "p2p-bootstrap",
+        env = "BERTH_P2P_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub p2p_bootstrap: Vec<String>,
+    /// Bandwidth cap in MiB/s for blob responses and for peer/upstream fetches.
+    #[arg(long, env = "BERTH_RATE_LIMIT_MBPS")]
+    pub rate_limit_mbps: Option<f64>,
+    /// Test only: serve corrupt bytes on ranged blob reads (a lying peer).
+    #[arg(long = "p2p-liar", hide = true)]
+    pub p2p_liar: bool,
 }
 
 /// The whole node configuration, as read from a TOML file.
@@ -35,6 +66,20 @@ pub struct NodeConfig {
     pub shutdown_grace_seconds: u64,
     /// The registry API's settings.
     pub registry: RegistryConfig,
+    /// Upstream registries to pull through (empty: not a mirror).
+    pub upstream: Vec<crate::upstream::UpstreamConfig>,
+    /// Tracker announce URL written into served `.torrent` files (none by default).
+    pub torrent_announce: Option<String>,
+    /// Garbage collection, tag expiry and the time machine.
+    pub gc: berth_registry::api::GcConfig,
+    /// The management API (`/api/v1`); `admin_token` also from `BERTH_ADMIN_TOKEN`.
+    pub api: berth_registry::api::ApiConfig,
+    /// Identity and access (`[auth]`; off by default). `BERTH_AUTH_ENABLED=true` turns it on.
+    pub auth: berth_registry::auth::AuthConfig,
+    /// BitTorrent seeding (`[bittorrent]`; off by default).
+    pub bittorrent: crate::bittorrent::BitTorrentConfig,
+    /// The peer layer (`[p2p]`; off unless `listen` is set).
+    pub p2p: crate::p2p::P2pConfig,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +89,13 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./berth-data"),
             shutdown_grace_seconds: 30,
             registry: RegistryConfig::default(),
+            upstream: Vec::new(),
+            torrent_announce: None,
+            gc: Default::default(),
+            api: Default::default(),
+            auth: Default::default(),
+            bittorrent: Default::default(),
+            p2p: Default::default(),
         }
     }
 }
@@ -66,6 +118,43 @@ impl NodeConfig {
         if let Some(dir) = args.data_dir {
             config.data_dir = dir;
         }
+        if !args.upstream.is_empty() {
+            config.upstream = args
+                .upstream
+                .iter()
+                .map(|s| crate::upstream::UpstreamConfig::parse_flag(s))
+                .collect::<Result<_>>()?;
+        }
+        if args.torrent_announce.is_some() {
+            config.torrent_announce = args.torrent_announce;
+        }
+        config.bittorrent.seed |= args.seed;
+        if !args.p2p_listen.is_empty() {
+            config.p2p.listen = args.p2p_listen;
+        }
+        if !args.p2p_bootstrap.is_empty() {
+            config.p2p.bootstrap = args.p2p_bootstrap;
+        }
+        if args.rate_limit_mbps.is_some() {
+            config.p2p.rate_limit_mbps = args.rate_limit_mbps;
+        }
+        config.p2p.liar |= args.p2p_liar;
+        if let Some(listen) = args.bittorrent_listen {
+            config.bittorrent.listen = listen;
+        }
+        if let Some(token) = std::env::var("BERTH_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            config.api.admin_token = Some(token);
+        }
+        if let Ok(v) = std::env::var("BERTH_AUTH_ENABLED") {
+            config.auth.enabled = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        config
+            .auth
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -74,6 +163,19 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             anyhow::bail!("data_dir must not be empty");
         }
+        self.p2p.validate()?;
+        self.gc
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if self
+            .api
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            anyhow::bail!("invalid configuration: api.admin_token must be at least 16 characters");
+        }
+        self.bittorrent.validate()?;
         self.registry
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
@@ -97,16 +199,33 @@ mod tests {
             listen: Some("127.0.0.1:7000".parse()?),
             data_dir: None,
             config: Some(file.clone()),
+            upstream: vec!["docker.io=http://127.0.0.1:6000".into()],
+            torrent_announce: None,
+            seed: false,
+            bittorrent_listen: None,
+            p2p_listen: Vec::new(),
+            p2p_bootstrap: Vec::new(),
+            rate_limit_mbps: None,
+            p2p_liar: false,
         })?;
         assert_eq!(config.listen.port(), 7000);
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.registry.page_size_max, 5);
+        assert_eq!(config.upstream[0].host.as_deref(), Some("docker.io"));
 
         std::fs::write(&file, "lisen = \"127.0.0.1:6000\"\n")?;
         let err = NodeConfig::load(ServeArgs {
             listen: None,
             data_dir: None,
             config: Some(file),
+            upstream: Vec::new(),
+            torrent_announce: None,
+            seed: false,
+            bittorrent_listen: None,
+            p2p_listen: Vec::new(),
+            p2p_bootstrap: Vec::new(),
+            rate_limit_mbps: None,
+            p2p_liar: false,
         })
         .expect_err("typo is refused");
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");

@@ -3,8 +3,15 @@
 //! This binary only parses the command line, loads configuration, installs the log
 //! subscriber and wires the library crates together.
 
+mod admin;
+mod bittorrent;
 mod config;
+mod identity;
+mod mirror;
+mod p2p;
 mod serve;
+mod transcode;
+mod upstream;
 
 use std::path::PathBuf;
 
@@ -26,6 +33,16 @@ struct Cli {
 enum Command {
     /// Run a node: the OCI registry API, metrics and health endpoints.
     Serve(config::ServeArgs),
+    /// Convert the layers of a local OCI layout directory offline (zstd, gzip or none).
+    Transcode {
+        /// Target compression: zstd, gzip or none.
+        #[arg(long, default_value = "zstd")]
+        to: String,
+        /// The source OCI layout directory.
+        input: PathBuf,
+        /// The new OCI layout directory.
+        output: PathBuf,
+    },
     /// Verify stored blobs against their checksums (and digests with --full).
     Scrub {
         /// The node's data directory.
@@ -34,7 +51,28 @@ enum Command {
         /// Re-hash every blob instead of checking per-chunk crc32 only.
         #[arg(long)]
         full: bool,
+        /// Only report corrupt blobs; leave them in place (default: move them to
+        /// `quarantine/`, so they are never served and the next push stores a good copy).
+        #[arg(long)]
+        no_quarantine: bool,
     },
+    /// Collect garbage in a stopped node's data directory (running node: POST /api/v1/gc).
+    Gc(admin::GcArgs),
+    /// Tag history, restore (time machine) and expiry.
+    Tag {
+        #[command(subcommand)]
+        cmd: admin::TagCmd,
+    },
+    /// Apply (or with no --apply, report) a repository's retention policy.
+    Retention(admin::RetentionArgs),
+    /// Identity administration: `berth admin bootstrap --data-dir DIR --user NAME`.
+    Admin {
+        #[command(subcommand)]
+        cmd: identity::AdminCmd,
+    },
+    /// Download a layer over BitTorrent (`.torrent` file or magnet), verify its digest and
+    /// store it (`--data-dir` of a stopped node, or `--node URL` of a running one).
+    Fetch(bittorrent::FetchArgs),
 }
 
 fn main() -> Result<()> {
@@ -49,7 +87,21 @@ fn main() -> Result<()> {
                 .build()?;
             runtime.block_on(serve::run(config))
         }
-        Command::Scrub { data_dir, full } => serve::scrub(&data_dir, full),
+        Command::Transcode { to, input, output } => {
+            let to = berth_transcoder::Compression::parse(&to)
+                .ok_or_else(|| anyhow::anyhow!("--to must be zstd, gzip or none"))?;
+            transcode::run(&input, &output, to, &Default::default())
+        }
+        Command::Scrub {
+            data_dir,
+            full,
+            no_quarantine,
+        } => serve::scrub(&data_dir, full, !no_quarantine),
+        Command::Gc(args) => admin::gc(args),
+        Command::Tag { cmd } => admin::tag(cmd),
+        Command::Retention(args) => admin::retention(args),
+        Command::Admin { cmd } => identity::admin(cmd),
+        Command::Fetch(args) => bittorrent::fetch(args),
     }
 }
 

@@ -17,9 +17,69 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let blobs = BlobStore::open(data_dir).context("opening blob store")?;
     let meta = SqliteMetadata::open(&data_dir.join("metadata.sqlite"))
         .context("opening metadata database")?;
-    let registry = Registry::new(config.registry.clone(), blobs, Arc::new(meta))
+    let meta: Arc<dyn berth_storage::meta::MetadataStore> = Arc::new(meta);
+    // The peer layer (issue 5): off unless `[p2p] listen` is set.
+    let p2p = if config.p2p.listen.is_empty() {
+        None
+    } else {
+        Some(crate::p2p::P2p::start(
+            &config.p2p,
+            config.listen,
+            blobs.clone(),
+            meta.clone(),
+        )?)
+    };
+    let registry = Registry::new(config.registry.clone(), blobs, meta)
         .map_err(|e| anyhow::anyhow!("starting registry: {}", e.message))?;
-    let app = Arc::new(registry).router();
+    let registry = crate::mirror::wire(registry, &config, p2p.clone())?;
+    // Identity and access (issue 7): off unless `auth.enabled`.
+    let registry = if config.auth.enabled {
+        let auth = berth_registry::auth::Auth::open(
+            config.auth.clone(),
+            data_dir,
+            &data_dir.join("metadata.sqlite"),
+        )
+        .map_err(|e| anyhow::anyhow!("starting identity and access: {e}"))?;
+        registry.with_auth(auth)
+    } else {
+        registry
+    };
+    let registry = Arc::new(registry.with_lifecycle(config.gc.clone(), config.api.clone()));
+    // Tag expiry, retention and GC; stops when `_lifecycle_stop` is dropped at return.
+    let (_lifecycle_stop, lifecycle_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(berth_registry::auth::run_audit_pruning(
+        registry.clone(),
+        lifecycle_rx.clone(),
+    ));
+    tokio::spawn(berth_registry::api::run_background(
+        registry.clone(),
+        lifecycle_rx,
+    ));
+    // BitTorrent seeding (issue 5): opt-in; stops when `_seeder` is dropped at return.
+    let _seeder = match config.bittorrent.seed {
+        true => Some(
+            crate::bittorrent::Seeder::start(
+                &config.bittorrent,
+                data_dir,
+                config.torrent_announce.clone(),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let app = registry.router();
+    let app = match &p2p {
+        Some(p2p) => app
+            .route(
+                "/berth/v1/peers",
+                axum::routing::get(crate::p2p::peers_handler).with_state(p2p.clone()),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                p2p.clone(),
+                crate::p2p::throttle_layer,
+            )),
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -27,6 +87,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tracing::info!(listen = %local, data_dir = %data_dir.display(), "berth node serving");
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // Peer addresses feed the audit log ("from where").
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
@@ -68,9 +130,9 @@ async fn shutdown_signal() {
 }
 
 /// `berth scrub`: checks every stored blob; exits non-zero if any is corrupt.
-pub fn scrub(data_dir: &Path, full: bool) -> Result<()> {
+pub fn scrub(data_dir: &Path, full: bool, quarantine: bool) -> Result<()> {
     let blobs = BlobStore::open(data_dir).context("opening blob store")?;
-    let report = blobs.scrub(full).context("scrubbing")?;
+    let report = blobs.scrub(full, quarantine).context("scrubbing")?;
     println!(
         "scrubbed {} blobs ({} bytes): {} corrupt",
         report.checked,
@@ -79,6 +141,13 @@ pub fn scrub(data_dir: &Path, full: bool) -> Result<()> {
     );
     for (digest, detail) in &report.corrupt {
         println!("CORRUPT {digest}: {detail}");
+    }
+    if report.quarantined > 0 {
+        println!(
+            "moved {} corrupt blob(s) to {}",
+            report.quarantined,
+            data_dir.join("quarantine").display()
+        );
     }
     if !report.corrupt.is_empty() {
         anyhow::bail!("{} corrupt blob(s) found", report.corrupt.len());

@@ -10,14 +10,28 @@ mod support;
 
 #[path = "e2e/layout.rs"]
 mod layout;
+#[path = "e2e/mirror.rs"]
+mod mirror;
+#[path = "e2e/p2p.rs"]
+mod p2p;
+#[path = "e2e/torrent.rs"]
+mod torrent;
 
 #[path = "e2e/crash.rs"]
 mod crash;
 #[path = "e2e/docker.rs"]
 mod docker;
+#[path = "e2e/identity.rs"]
+mod identity;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
 #[path = "e2e/podman.rs"]
 mod podman;
 #[path = "e2e/scrub.rs"]
 mod scrub;
+#[path = "e2e/shutdown.rs"]
+mod shutdown;
 #[path = "e2e/skopeo.rs"]
 mod skopeo;
+#[path = "e2e/transcode.rs"]
+mod transcode;

@@ -114,6 +114,46 @@ impl Node {
         }
     }
 
+    /// Like `req`, but a body that fails mid-stream is returned as `Err` with the status.
+    pub async fn req_streamed(
+        &self,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Result<Vec<u8>, String>) {
+        let mut builder = Request::builder().method("GET").uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder.body(Body::empty()).expect("request");
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec());
+        (status, body.map_err(|e| e.to_string()))
+    }
+
+    /// Flips one bit of a stored blob's file at `offset`.
+    pub fn corrupt_blob(&self, digest: &str, offset: usize) {
+        let (algo, hex) = digest.split_once(':').expect("digest");
+        let path = self
+            .dir
+            .path()
+            .join("blobs")
+            .join(algo)
+            .join(&hex[..2])
+            .join(hex);
+        let mut bytes = std::fs::read(&path).expect("blob file");
+        bytes[offset] ^= 0x10;
+        std::fs::write(&path, bytes).expect("rewrite blob");
+    }
+
+    pub fn quarantined(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("quarantine")).map_or(0, |d| d.count())
+    }
+
     pub async fn post_blob(&self, repo: &str, data: &[u8]) -> Reply {
         self.post_blob_as(repo, data, &blob_digest(data)).await
     }
@@ -183,7 +223,10 @@ impl Node {
             .flatten()
             .all(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name == "blobs" || name == "uploads" || name.starts_with("metadata.sqlite")
+                name == "blobs"
+                    || name == "uploads"
+                    || name == "quarantine"
+                    || name.starts_with("metadata.sqlite")
             })
     }
 

@@ -4,10 +4,15 @@
 //! embedded default. Methods are synchronous (callers run them on a blocking thread) and each
 //! one is a single transaction, so a crash never leaves half an operation behind.
 
+pub mod identity;
+pub mod identity_sqlite;
+pub mod lifecycle;
 pub mod sqlite;
 
 use berth_oci::manifest::{Descriptor, ParsedManifest};
 use berth_oci::{Digest, RepoName, Tag};
+
+pub use lifecycle::{Collected, GcWindow, Policy, Retention, Scope, TagInfo, TagOptions};
 
 /// What can go wrong in the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,24 @@ pub enum MetaError {
     /// Stored data could not be decoded (a bug or tampering).
     #[error("metadata database holds an invalid value: {0}")]
     Corrupt(String),
+    /// A push or delete would move an immutable tag.
+    #[error("tag {0} is immutable")]
+    TagImmutable(String),
+    /// Linking a blob would exceed a byte quota.
+    #[error("quota exceeded for {scope}: used {used} of {limit} bytes, this blob needs {needed}")]
+    QuotaExceeded {
+        /// `repository <name>` or `namespace <ns>`.
+        scope: String,
+        /// Bytes already used.
+        used: u64,
+        /// The quota.
+        limit: u64,
+        /// Size of the blob refused.
+        needed: u64,
+    },
+    /// A restore names a manifest outside the tag's time-machine window (or gone).
+    #[error("cannot restore: {0}")]
+    NotRestorable(String),
 }
 
 /// A manifest as stored.
@@ -52,6 +75,8 @@ pub struct NewManifest<'a> {
     pub content: &'a [u8],
     /// The tag to point at it, if pushed by tag.
     pub tag: Option<&'a Tag>,
+    /// Expiry and immutability of the tag (from the image's labels).
+    pub tag_options: TagOptions,
 }
 
 /// One entry of a tag's history.
@@ -63,7 +88,7 @@ pub struct TagEvent {
     pub digest: Option<Digest>,
     /// What it pointed at before.
     pub previous: Option<Digest>,
-    /// `push` or `delete`.
+    /// `push`, `delete`, `restore`, `expire` or `retention`.
     pub action: String,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: i64,
@@ -150,4 +175,71 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn delete_upload(&self, id: &str) -> Result<(), MetaError>;
     /// All registered upload session ids.
     fn upload_ids(&self) -> Result<Vec<String>, MetaError>;
+
+    // ---- Tag lifecycle and garbage collection (see `lifecycle` for the types). ----
+
+    /// Records that `repo`'s link to `digest` was used now (blob HEAD/GET). Skips the write
+    /// when the stored time is less than `debounce_ms` old. GC spares links used within
+    /// its grace period, which protects a client's `HEAD` → manifest `PUT` window.
+    fn touch_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        debounce_ms: i64,
+    ) -> Result<(), MetaError>;
+    /// How many repositories link `digest`.
+    fn blob_link_count(&self, digest: &Digest) -> Result<u64, MetaError>;
+    /// Deletes (or with `dry_run` only lists) up to `limit` manifests that nothing keeps
+    /// alive, re-computing liveness inside the deleting transaction.
+    fn gc_manifests(
+        &self,
+        keep: &GcWindow,
+        dry_run: bool,
+        limit: usize,
+    ) -> Result<Vec<Collected>, MetaError>;
+    /// Removes (or lists) up to `limit` repository → blob links that no manifest references
+    /// and that were neither linked nor used since `keep.grace_start_ms`.
+    fn gc_blob_links(
+        &self,
+        keep: &GcWindow,
+        dry_run: bool,
+        limit: usize,
+    ) -> Result<Vec<Collected>, MetaError>;
+    /// Forgets tag history older than `before_ms`. Returns the rows removed.
+    fn prune_tag_history(&self, before_ms: i64) -> Result<u64, MetaError>;
+
+    /// A tag's state, ignoring expiry (`None` if the tag does not exist).
+    fn tag_info(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagInfo>, MetaError>;
+    /// Sets or clears a tag's expiry. Returns whether the tag exists.
+    fn set_tag_expiry(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        expires_ms: Option<i64>,
+    ) -> Result<bool, MetaError>;
+    /// Deletes up to `limit` tags whose expiry is at or before `now_ms`, recording an
+    /// `expire` event for each.
+    fn expire_tags(&self, now_ms: i64, limit: usize) -> Result<Vec<(RepoName, String)>, MetaError>;
+    /// Points `tag` back at `digest`, which must be the tag's target in an event at or
+    /// after `window_start_ms` and still stored; records a `restore` event.
+    fn restore_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        window_start_ms: i64,
+    ) -> Result<(), MetaError>;
+
+    /// The policy of a repository or namespace (default if none set).
+    fn policy(&self, scope: &Scope) -> Result<Policy, MetaError>;
+    /// Replaces the policy of a repository or namespace.
+    fn set_policy(&self, scope: &Scope, policy: &Policy) -> Result<(), MetaError>;
+    /// Bytes of blobs linked in the scope; a blob linked by several repositories of a
+    /// namespace counts once.
+    fn usage_bytes(&self, scope: &Scope) -> Result<u64, MetaError>;
+    /// Tags of `repo` with their update times, newest first (at most `n`).
+    fn tags_by_age(&self, repo: &RepoName, n: usize) -> Result<Vec<TagInfo>, MetaError>;
+    /// Deletes `tag` if it still points at `digest` and is not immutable, recording a
+    /// `retention` event. Returns whether it was deleted.
+    fn prune_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<bool, MetaError>;
 }

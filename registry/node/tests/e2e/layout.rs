@@ -80,6 +80,18 @@ impl Layout {
         layer_count: usize,
         big_size: usize,
     ) -> Res<Image> {
+        self.build_labeled_image(rng, arch, layer_count, big_size, json!({}))
+    }
+
+    /// Like [`Layout::build_image`], with `labels` in the config's `config.Labels`.
+    pub fn build_labeled_image(
+        &self,
+        rng: &mut Rng,
+        arch: &str,
+        layer_count: usize,
+        big_size: usize,
+        labels: Value,
+    ) -> Res<Image> {
         let mut layers = Vec::new();
         for i in 0..layer_count {
             let files = [
@@ -105,7 +117,7 @@ impl Layout {
         let config = serde_json::to_vec(&json!({
             "architecture": arch,
             "os": "linux",
-            "config": {"Env": ["E2E=1"]},
+            "config": {"Env": ["E2E=1"], "Labels": labels},
             "rootfs": {
                 "type": "layers",
                 "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),

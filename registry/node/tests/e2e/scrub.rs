@@ -2,7 +2,7 @@
 
 use tempfile::TempDir;
 
-use crate::support::{scrub, Node, Res, Rng};
+use crate::support::{scrub, scrub_with, Node, Res, Rng};
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -34,8 +34,9 @@ fn scrub_names_a_blob_with_a_flipped_byte() -> Res {
     bytes[at] ^= 0x01;
     std::fs::write(&path, bytes)?;
 
-    for full in [false, true] {
-        let out = scrub(&data_dir, full)?;
+    // Report only, quick then full; then a default run, which also quarantines.
+    for (full, quarantine) in [(false, false), (true, false), (false, true)] {
+        let out = scrub_with(&data_dir, full, quarantine)?;
         let report = text(&out);
         assert!(
             !out.status.success(),
@@ -50,5 +51,22 @@ fn scrub_names_a_blob_with_a_flipped_byte() -> Res {
             "scrub (full={full}) blames the intact blob: {report}"
         );
     }
+    // Quarantined: the store is clean again, the damaged bytes are kept aside, and a node
+    // no longer serves the blob (a new push would store a good copy).
+    let out = scrub(&data_dir, true)?;
+    assert!(out.status.success(), "after quarantine: {}", text(&out));
+    let quarantined = std::fs::read_dir(data_dir.join("quarantine"))?.count();
+    assert_eq!(
+        quarantined, 2,
+        "blob and its chunk index are in quarantine/"
+    );
+    let node = Node::start(&data_dir)?;
+    let r = node.request("GET", &format!("/v2/e2e/scrub/blobs/{damaged}"), &[], b"")?;
+    assert_eq!(
+        r.status,
+        404,
+        "quarantined blob must not be served: {}",
+        r.describe()
+    );
     Ok(())
 }

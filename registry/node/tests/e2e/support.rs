@@ -390,9 +390,14 @@ impl Node {
     /// Starts a node on a free loopback port over `data_dir` and waits for `/healthz`.
     /// Its log goes to `<data_dir>.log`.
     pub fn start(data_dir: &Path) -> Res<Node> {
+        Node::start_with(data_dir, &[])
+    }
+
+    /// Like [`Node::start`], with extra `berth serve` arguments.
+    pub fn start_with(data_dir: &Path, extra_args: &[String]) -> Res<Node> {
         let mut last_err = fail("no attempt made");
         for _ in 0..NODE_START_ATTEMPTS {
-            match Node::try_start(data_dir) {
+            match Node::try_start(data_dir, extra_args) {
                 Ok(node) => return Ok(node),
                 Err(e) => last_err = e,
             }
@@ -400,7 +405,7 @@ impl Node {
         Err(last_err)
     }
 
-    fn try_start(data_dir: &Path) -> Res<Node> {
+    fn try_start(data_dir: &Path, extra_args: &[String]) -> Res<Node> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = data_dir.with_extension("log");
@@ -414,6 +419,7 @@ impl Node {
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra_args)
             .env_remove("BERTH_CONFIG")
             .env("BERTH_LOG", "info")
             .stdin(Stdio::null())
@@ -463,6 +469,33 @@ impl Node {
     /// The node's log so far (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits, at most `limit`, for the node to exit.
+    pub fn terminate(&mut self, limit: std::time::Duration) -> Res<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| fail("node already stopped"))?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            return Err(fail("kill -TERM failed"));
+        }
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(exit) = child.try_wait()? {
+                return Ok(exit);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                return Err(fail("node did not stop within the limit after SIGTERM"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// SIGKILLs the node and reaps it: no shutdown code of the node runs.
@@ -530,11 +563,20 @@ impl Drop for Node {
 }
 
 /// Runs `berth scrub --data-dir DIR [--full]`, returning its output (whatever the exit).
+/// Corrupt blobs are quarantined, as `berth scrub` does by default.
 pub fn scrub(data_dir: &Path, full: bool) -> Res<Output> {
+    scrub_with(data_dir, full, true)
+}
+
+/// Like [`scrub`]; without `quarantine`, passes `--no-quarantine` (report only).
+pub fn scrub_with(data_dir: &Path, full: bool, quarantine: bool) -> Res<Output> {
     let mut cmd = Command::new(berth_bin());
     cmd.arg("scrub").arg("--data-dir").arg(data_dir);
     if full {
         cmd.arg("--full");
+    }
+    if !quarantine {
+        cmd.arg("--no-quarantine");
     }
     Ok(cmd
         .env_remove("BERTH_CONFIG")

@@ -1,0 +1,60 @@
+//! Command-line driver for `benches/compare-codecs.sh`: the transcoder on files, so it can be
+//! timed next to `zstd -T0` and `pigz` on the same bytes.
+//!
+//! `codec gen OUT SIZE_MIB` writes the layer-like tar of `benches/codecs.rs`;
+//! `codec transcode FROM TO IN OUT` (FROM/TO: none, gzip, zstd) converts IN to OUT with the
+//! production settings and prints the new digest, size and diff_id.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::process::ExitCode;
+
+use berth_transcoder::{transcode, Compression, TranscoderConfig};
+
+#[path = "../benches/support/layer_data.rs"]
+mod layer_data;
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args {
+        [cmd, out, mib] if cmd == "gen" => {
+            let mib: usize = mib.parse().map_err(|e| format!("SIZE_MIB: {e}"))?;
+            let tar = layer_data::layer_tar(mib << 20, 0x5eed);
+            std::fs::write(out, tar).map_err(|e| format!("writing {out}: {e}"))
+        }
+        [cmd, from, to, input, output] if cmd == "transcode" => {
+            let parse = |s: &str| Compression::parse(s).ok_or(format!("unknown compression {s}"));
+            let (from, to) = (parse(from)?, parse(to)?);
+            let file = File::open(input).map_err(|e| format!("opening {input}: {e}"))?;
+            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            let out = File::create(output).map_err(|e| format!("creating {output}: {e}"))?;
+            let (done, out) = transcode(
+                &TranscoderConfig::default(),
+                from,
+                to,
+                BufReader::with_capacity(1 << 20, file),
+                len,
+                None,
+                BufWriter::with_capacity(1 << 20, out),
+            )
+            .map_err(|e| e.to_string())?;
+            out.into_inner()
+                .map_err(|e| e.to_string())?
+                .flush()
+                .map_err(|e| e.to_string())?;
+            println!("{} {} diff_id={}", done.digest, done.size, done.diff_id);
+            Ok(())
+        }
+        _ => Err("usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("codec: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

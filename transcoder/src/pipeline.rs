@@ -1,0 +1,226 @@
+//! The two halves of a transcode: a bounded decoder that classifies its failures, and an
+//! encode pipeline that hashes the uncompressed stream (diff_id) and the compressed output
+//! (digest) in the same pass that compresses it.
+
+use std::io::{self, BufReader, Read, Write};
+
+use berth_oci::{Algorithm, Digest, Hasher};
+
+use crate::codec::ParGzEncoder;
+use crate::{Compression, TranscodeError, TranscoderConfig, COPY_BUFFER_SIZE};
+
+/// A layer's new identity, computed while it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transcoded {
+    /// sha256 of the bytes written to the output.
+    pub digest: Digest,
+    /// Bytes written to the output.
+    pub size: u64,
+    /// sha256 of the uncompressed tar (unchanged by recompression).
+    pub diff_id: Digest,
+    /// Length of the uncompressed tar.
+    pub uncompressed_size: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    Corrupt,
+    Limit,
+}
+
+/// A decompressing reader that stops at a byte limit and remembers why it failed.
+pub struct Decoder<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    format: &'static str,
+    remaining: u64,
+    limit: u64,
+    failure: Option<Failure>,
+}
+
+/// Wraps `input` (compressed with `from`) in a decoder allowing at most `limit` bytes out.
+pub fn decoder<'a, R: Read + Send + 'a>(
+    from: Compression,
+    input: R,
+    limit: u64,
+) -> Result<Decoder<'a>, TranscodeError> {
+    let inner: Box<dyn Read + Send + 'a> = match from {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            256 << 10,
+            input,
+        ))),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(input).map_err(|source| {
+                TranscodeError::Corrupt {
+                    format: "zstd",
+                    source,
+                }
+            })?)
+        }
+    };
+    Ok(Decoder {
+        inner,
+        format: match from {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        },
+        remaining: limit,
+        limit,
+        failure: None,
+    })
+}
+
+impl Decoder<'_> {
+    /// Turns an error this reader returned into the transcoder's error.
+    pub fn classify(&self, source: io::Error) -> TranscodeError {
+        match self.failure {
+            Some(Failure::Limit) => TranscodeError::ExpansionLimit { limit: self.limit },
+            _ => TranscodeError::Corrupt {
+                format: self.format,
+                source,
+            },
+        }
+    }
+}
+
+impl Read for Decoder<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(f) = self.failure {
+            return Err(io::Error::other(format!("decoder already failed: {f:?}")));
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.failure = Some(Failure::Corrupt);
+                return Err(e);
+            }
+        };
+        if n as u64 > self.remaining {
+            self.failure = Some(Failure::Limit);
+            return Err(io::Error::other("expansion limit exceeded"));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+struct HashWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(ParGzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+/// Takes an uncompressed tar stream (`Write`), compresses it to the output and hashes both
+/// sides. [`EncodePipeline::finish`] reports the [`Transcoded`] identity and hands the
+/// output writer back (so a storage writer can be committed under the new digest).
+pub struct EncodePipeline<W: Write> {
+    diff: Hasher,
+    diff_len: u64,
+    enc: Encoder<HashWriter<W>>,
+}
+
+impl<W: Write> EncodePipeline<W> {
+    /// A pipeline compressing to `to` with the settings of `config`.
+    pub fn new(config: &TranscoderConfig, to: Compression, out: W) -> Result<Self, TranscodeError> {
+        let out = HashWriter {
+            inner: out,
+            hasher: Algorithm::Sha256.hasher(),
+            len: 0,
+        };
+        let threads = config.effective_threads();
+        let enc = match to {
+            Compression::None => Encoder::Plain(out),
+            Compression::Gzip => Encoder::Gzip(
+                ParGzEncoder::new(out, config.gzip_level, threads, config.gzip_block_size)
+                    .map_err(TranscodeError::Encode)?,
+            ),
+            Compression::Zstd => {
+                let mut z = zstd::stream::write::Encoder::new(out, config.zstd_level)
+                    .map_err(TranscodeError::Encode)?;
+                if threads > 1 {
+                    z.multithread(threads as u32)
+                        .map_err(TranscodeError::Encode)?;
+                }
+                z.include_checksum(true).map_err(TranscodeError::Encode)?;
+                Encoder::Zstd(z)
+            }
+        };
+        Ok(EncodePipeline {
+            diff: Algorithm::Sha256.hasher(),
+            diff_len: 0,
+            enc,
+        })
+    }
+
+    /// Copies all of a decoder into the pipeline with one [`COPY_BUFFER_SIZE`] buffer.
+    pub fn copy_from(&mut self, input: &mut Decoder<'_>) -> Result<u64, TranscodeError> {
+        let mut buf = vec![0u8; COPY_BUFFER_SIZE];
+        let mut total = 0u64;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(input.classify(e)),
+            };
+            self.write_all(&buf[..n]).map_err(TranscodeError::Output)?;
+            total += n as u64;
+        }
+    }
+
+    /// Ends the compressed stream; returns its identity and the output writer.
+    pub fn finish(self) -> Result<(Transcoded, W), TranscodeError> {
+        let out = match self.enc {
+            Encoder::Plain(w) => w,
+            Encoder::Gzip(g) => g.finish().map_err(TranscodeError::Output)?,
+            Encoder::Zstd(z) => z.finish().map_err(TranscodeError::Output)?,
+        };
+        let mut out = out;
+        out.flush().map_err(TranscodeError::Output)?;
+        let done = Transcoded {
+            digest: out.hasher.finish(),
+            size: out.len,
+            diff_id: self.diff.finish(),
+            uncompressed_size: self.diff_len,
+        };
+        Ok((done, out.inner))
+    }
+}
+
+impl<W: Write> Write for EncodePipeline<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.enc {
+            Encoder::Plain(w) => w.write(buf)?,
+            Encoder::Gzip(g) => g.write(buf)?,
+            Encoder::Zstd(z) => z.write(buf)?,
+        };
+        self.diff.update(&buf[..n]);
+        self.diff_len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
