@@ -221,21 +221,12 @@ async fn serve_manifest(
     with_body: bool,
 ) -> Result<Response, OciError> {
     let m = resolve(reg, repo, base, variant).await?;
-    let len = m.content.len() as u64;
-    let mut resp = Response::new(if with_body {
-        Body::from(m.content)
-    } else {
-        Body::empty()
-    });
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
-        h.insert("content-type", v);
-    }
-    h.insert("content-length", HeaderValue::from(len));
-    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
-        h.insert("docker-content-digest", v);
-    }
-    Ok(resp)
+    Ok(crate::manifests::manifest_response(
+        &m.digest,
+        &m.media_type,
+        &m.content,
+        with_body,
+    ))
 }
 
 /// The derived manifest of `repo:base` for `variant`, built at most once at a time.

@@ -8,6 +8,7 @@ use berth_oci::limits::MANIFEST_SIZE_MAX;
 use berth_oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use berth_oci::{manifest, Algorithm, Digest, Reference, RepoName};
 use berth_storage::meta::{NewManifest, StoredManifest};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
 use crate::error::{ErrorCode, OciError};
@@ -48,24 +49,39 @@ pub(crate) async fn get(
         }
     })?;
     let m = stored.ok_or_else(|| OciError::manifest_unknown(&reference))?;
-    let len = m.content.len() as u64;
+    Ok(manifest_response(
+        &m.digest,
+        &m.media_type,
+        &m.content,
+        with_body,
+    ))
+}
+
+/// A manifest `GET` (with `with_body`) or `HEAD` response: the exact stored bytes with their
+/// media type, digest and ETag. Shared by stored, pulled-through and derived manifests.
+pub(crate) fn manifest_response(
+    digest: &Digest,
+    media_type: &str,
+    content: &Bytes,
+    with_body: bool,
+) -> Response {
     let mut resp = Response::new(if with_body {
-        Body::from(m.content)
+        Body::from(content.clone())
     } else {
         Body::empty()
     });
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&m.media_type) {
+    if let Ok(v) = HeaderValue::from_str(media_type) {
         h.insert("content-type", v);
     }
-    h.insert("content-length", HeaderValue::from(len));
-    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
+    h.insert("content-length", HeaderValue::from(content.len() as u64));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         h.insert("docker-content-digest", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", m.digest)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         h.insert("etag", v);
     }
-    Ok(resp)
+    resp
 }
 
 /// The media types a client accepts. An absent header, or one with a wildcard, accepts all.

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::error::{ErrorCode, OciError};
+use crate::manifests::manifest_response;
 use crate::{blocking, query_param, Shared};
 
 /// A boxed, sendable future (the trait is object-safe).
@@ -609,29 +610,4 @@ fn put(reg: &Shared, repo: &RepoName, digest: &Digest, p: &Pending) -> Result<()
         })?;
     }
     Ok(())
-}
-
-fn manifest_response(
-    digest: &Digest,
-    media_type: &str,
-    content: &Bytes,
-    with_body: bool,
-) -> Response {
-    let mut resp = Response::new(if with_body {
-        Body::from(content.clone())
-    } else {
-        Body::empty()
-    });
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(media_type) {
-        h.insert("content-type", v);
-    }
-    h.insert("content-length", HeaderValue::from(content.len() as u64));
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        h.insert("docker-content-digest", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-        h.insert("etag", v);
-    }
-    resp
 }
