@@ -227,6 +227,8 @@ pub struct Auth {
     login_cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     /// OIDC logins waiting for their callback.
     oidc_pending: oidc::PendingLogins,
+    /// The HTTP(S) client for the OIDC provider (when `[auth.oidc]` is set).
+    oidc_client: Option<oidc::ProviderClient>,
 }
 
 /// Why a login failed (the client is told only "invalid credentials").
@@ -329,12 +331,18 @@ impl Auth {
         let store = berth_storage::meta::identity_sqlite::SqliteIdentity::open(db_path)
             .map_err(|e| e.to_string())?;
         let jwt_key = token::load_or_create_key(&data_dir.join("auth"))?;
+        let oidc_client = config
+            .oidc
+            .as_ref()
+            .map(oidc::ProviderClient::new)
+            .transpose()?;
         let auth = Auth {
             config,
             store: Arc::new(store),
             jwt_key,
             login_cache: Mutex::new(HashMap::new()),
             oidc_pending: Default::default(),
+            oidc_client,
         };
         if let Some(name) = auth.config.bootstrap_admin.clone() {
             match std::env::var("BERTH_BOOTSTRAP_PASSWORD") {

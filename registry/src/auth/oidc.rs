@@ -19,13 +19,21 @@
 //!   clear. It works as a docker password (`docker login HOST -u <user>`), as `Bearer` on
 //!   `/api/v1`, and can be revoked with `DELETE /api/v1/tokens/<id>`.
 //!
-//! Outbound HTTP uses hyper over plain TCP only: the issuer must be `http://` (a provider on
-//! loopback or a TLS-terminating sidecar). `https://` issuers are refused by `validate()`
-//! rather than failing at the first login; a TLS client is left for later (see the report in
-//! docs/ARCHITECTURE.md).
+//! Outbound requests (discovery, token, JWKS) go through one [`ProviderClient`], built at
+//! start: hyper over rustls (aws-lc-rs, the provider librqbit already brings, so there is one
+//! crypto stack in the binary) trusting the system roots (`rustls-native-certs`, i.e.
+//! /etc/ssl/certs) plus the optional `ca_file` bundle. Every provider URL — the configured
+//! issuer and the endpoints its discovery names — must be `https://`; plain `http://` is
+//! accepted only for a loopback host (127.0.0.0/8, `::1`, `localhost`), where nothing crosses
+//! a network. `validate()` enforces this for the issuer and checks that `ca_file` exists and
+//! holds at least one parsable certificate, so a bad setting stops the node at start rather
+//! than at the first login. A certificate the roots do not vouch for fails the login with
+//! 502 and rustls' reason (e.g. "invalid peer certificate: UnknownIssuer").
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -35,6 +43,8 @@ use base64::Engine as _;
 use berth_storage::meta::identity::{Account, AccountKind, ApiToken, NewAuditEvent};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
 use sha2::Digest as _;
 
 use super::{now_ms, random_secret, token_hash, validate_name, API_TOKEN_PREFIX};
@@ -58,8 +68,8 @@ const OIDC_TOKEN_SCOPES: [&str; 2] = ["repo:read", "repo:write"];
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OidcConfig {
-    /// Issuer URL (`http://` only, see the module doc); discovery reads
-    /// `<issuer>/.well-known/openid-configuration`.
+    /// Issuer URL: `https://`, or `http://` for a loopback host only (see the module doc);
+    /// discovery reads `<issuer>/.well-known/openid-configuration`.
     pub issuer: String,
     /// Client id registered with the provider.
     pub client_id: String,
@@ -67,6 +77,9 @@ pub struct OidcConfig {
     pub client_secret: String,
     /// This node's callback URL (`…/auth/oidc/callback`), registered with the provider.
     pub redirect_url: String,
+    /// Extra trusted CA certificates (a PEM bundle) for the provider's TLS, on top of the
+    /// system roots; for a provider behind a private CA. Default: system roots only.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl OidcConfig {
@@ -75,10 +88,9 @@ impl OidcConfig {
         if self.issuer.is_empty() || self.client_id.is_empty() || self.redirect_url.is_empty() {
             return Err("auth.oidc needs issuer, client_id and redirect_url".into());
         }
-        if !self.issuer.starts_with("http://") {
-            return Err(
-                "auth.oidc.issuer must be an http:// URL (no TLS client is built in yet)".into(),
-            );
+        check_url("auth.oidc.issuer", &self.issuer)?;
+        if let Some(path) = &self.ca_file {
+            load_ca_file(path)?;
         }
         Ok(())
     }
@@ -89,6 +101,120 @@ impl OidcConfig {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| self.client_secret.clone())
     }
+}
+
+/// Whether `host` (as in a URL authority, IPv6 possibly in brackets) is a loopback name.
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks a provider URL: `https://`, or `http://` to a loopback host. `field` names the
+/// setting (or the discovery field) in the message.
+fn check_url(field: &str, url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{field}: {url:?} is not a URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{field}: {url:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") if is_loopback_host(host) => Ok(uri),
+        Some("http") => Err(format!(
+            "{field} must be an https:// URL: plain http:// is allowed only for a loopback \
+             host (127.0.0.0/8, ::1, localhost), got {url}"
+        )),
+        _ => Err(format!("{field} must be an https:// URL, got {url}")),
+    }
+}
+
+/// Reads `auth.oidc.ca_file`: a PEM bundle with at least one certificate rustls accepts.
+fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let what = format!("auth.oidc.ca_file {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{what}: no PEM certificate in the file"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("{what}: unusable certificate: {e}"))?;
+    }
+    Ok(certs)
+}
+
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The client for requests to the provider: HTTPS with the system roots plus `ca_file`, and
+/// plain HTTP (which [`check_url`] allows only on loopback). Built once at start.
+pub(crate) struct ProviderClient {
+    client: hyper_util::client::legacy::Client<HttpsConnector, Full<Bytes>>,
+}
+
+impl ProviderClient {
+    /// Loads the roots and builds the client.
+    pub(crate) fn new(cfg: &OidcConfig) -> Result<ProviderClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        if !native.errors.is_empty() {
+            tracing::warn!(
+                errors = native.errors.len(),
+                first = %native.errors[0],
+                "oidc: some system CA certificates could not be loaded"
+            );
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        if let Some(path) = &cfg.ca_file {
+            for cert in load_ca_file(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("auth.oidc.ca_file {}: {e}", path.display()))?;
+            }
+        }
+        tracing::debug!(
+            system = added,
+            ignored,
+            total = roots.len(),
+            "oidc: trusted CA certificates"
+        );
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("oidc TLS configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(ProviderClient { client })
+    }
+}
+
+/// An error with its sources ("client error (Connect): invalid peer certificate: …"): the
+/// hyper error alone says only "client error (Connect)".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// A login started at `/auth/oidc/login`, waiting for its callback.
@@ -162,17 +288,14 @@ fn not_configured() -> OciError {
 
 /// One request to the provider; the body of a 2xx answer.
 async fn fetch(
+    client: &ProviderClient,
+    field: &str,
     method: http::Method,
     url: &str,
     headers: &[(&str, String)],
     body: Bytes,
 ) -> Result<Bytes, OciError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| bad_gateway(format!("provider URL {url}: {e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad_gateway(format!("provider URL {url} is not http://")));
-    }
+    let uri = check_url(field, url).map_err(bad_gateway)?;
     let mut req = http::Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, v);
@@ -180,12 +303,10 @@ async fn fetch(
     let req = req
         .body(Full::new(body))
         .map_err(|e| bad_gateway(format!("building provider request: {e}")))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let resp = tokio::time::timeout(PROVIDER_TIMEOUT, client.request(req))
+    let resp = tokio::time::timeout(PROVIDER_TIMEOUT, client.client.request(req))
         .await
         .map_err(|_| bad_gateway(format!("{url}: provider timed out")))?
-        .map_err(|e| bad_gateway(format!("{url}: {e}")))?;
+        .map_err(|e| bad_gateway(format!("{url}: {}", error_chain(&e))))?;
     let status = resp.status();
     let bytes = tokio::time::timeout(
         PROVIDER_TIMEOUT,
@@ -203,12 +324,20 @@ async fn fetch(
     Ok(bytes)
 }
 
-async fn discover(cfg: &OidcConfig) -> Result<Discovery, OciError> {
+async fn discover(client: &ProviderClient, cfg: &OidcConfig) -> Result<Discovery, OciError> {
     let url = format!(
         "{}/.well-known/openid-configuration",
         cfg.issuer.trim_end_matches('/')
     );
-    let bytes = fetch(http::Method::GET, &url, &[], Bytes::new()).await?;
+    let bytes = fetch(
+        client,
+        "auth.oidc.issuer",
+        http::Method::GET,
+        &url,
+        &[],
+        Bytes::new(),
+    )
+    .await?;
     let d: Discovery = serde_json::from_slice(&bytes)
         .map_err(|e| bad_gateway(format!("discovery document: {e}")))?;
     if d.issuer.trim_end_matches('/') != cfg.issuer.trim_end_matches('/') {
@@ -238,10 +367,18 @@ fn form_escape(s: &str) -> String {
     out
 }
 
-fn config_of(reg: &Shared) -> Result<(std::sync::Arc<super::Auth>, OidcConfig), OciError> {
+fn config_of(reg: &Shared) -> Result<(Arc<super::Auth>, OidcConfig), OciError> {
     let auth = reg.auth.clone().ok_or_else(not_configured)?;
     let cfg = auth.config.oidc.clone().ok_or_else(not_configured)?;
+    if auth.oidc_client.is_none() {
+        return Err(not_configured());
+    }
     Ok((auth, cfg))
+}
+
+/// The provider client of an [`super::Auth`] that [`config_of`] accepted.
+fn client_of(auth: &super::Auth) -> Result<&ProviderClient, OciError> {
+    auth.oidc_client.as_ref().ok_or_else(not_configured)
 }
 
 /// `GET /auth/oidc/login`: redirect to the provider.
@@ -254,7 +391,7 @@ pub(crate) async fn login(State(reg): State<Shared>) -> Response {
 
 async fn login_inner(reg: &Shared) -> Result<Response, OciError> {
     let (auth, cfg) = config_of(reg)?;
-    let d = discover(&cfg).await?;
+    let d = discover(client_of(&auth)?, &cfg).await?;
     let state = random_secret()?;
     let nonce = random_secret()?;
     let verifier = random_secret()?;
@@ -315,7 +452,8 @@ async fn callback_inner(reg: &Shared, parts: &http::request::Parts) -> Result<Re
         .oidc_pending
         .take(&state)
         .ok_or_else(|| refused("unknown or expired login (state)"))?;
-    let d = discover(&cfg).await?;
+    let client = client_of(&auth)?;
+    let d = discover(client, &cfg).await?;
 
     let form = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&client_id={}&code_verifier={}",
@@ -330,6 +468,8 @@ async fn callback_inner(reg: &Shared, parts: &http::request::Parts) -> Result<Re
         form_escape(&cfg.secret())
     ));
     let body = fetch(
+        client,
+        "token_endpoint (discovery)",
         http::Method::POST,
         &d.token_endpoint,
         &[
@@ -347,7 +487,15 @@ async fn callback_inner(reg: &Shared, parts: &http::request::Parts) -> Result<Re
         .ok_or_else(|| bad_gateway("token response has no id_token"))?
         .to_owned();
 
-    let jwks_bytes = fetch(http::Method::GET, &d.jwks_uri, &[], Bytes::new()).await?;
+    let jwks_bytes = fetch(
+        client,
+        "jwks_uri (discovery)",
+        http::Method::GET,
+        &d.jwks_uri,
+        &[],
+        Bytes::new(),
+    )
+    .await?;
     let claims = verify_id_token(&id_token, &jwks_bytes, &d.issuer, &cfg.client_id)?;
     if claims.nonce.as_deref() != Some(pending.nonce.as_str()) {
         return Err(refused("id_token nonce does not match the login"));
@@ -531,18 +679,74 @@ mod tests {
     }
 
     #[test]
-    fn https_issuers_and_missing_fields_are_refused() {
+    fn issuers_must_be_https_unless_loopback() {
         let mut cfg = OidcConfig {
             issuer: "https://id.example".into(),
             client_id: "berth".into(),
             client_secret: String::new(),
             redirect_url: "http://127.0.0.1:5000/auth/oidc/callback".into(),
+            ca_file: None,
         };
-        assert!(cfg.validate().is_err());
+        assert_eq!(cfg.validate(), Ok(()));
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://127.8.9.10",
+            "http://[::1]:9000/realms/x",
+            "http://localhost:8080",
+            "https://id.example/realms/berth",
+        ] {
+            cfg.issuer = ok.into();
+            assert_eq!(cfg.validate(), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://id.example",
+            "http://10.0.0.1:9000",
+            "http://localhost.example.org",
+            "ftp://127.0.0.1",
+            "id.example",
+        ] {
+            cfg.issuer = bad.into();
+            let e = cfg.validate().err().unwrap_or_default();
+            assert!(e.contains("auth.oidc.issuer"), "{bad}: {e}");
+        }
+        cfg.issuer = "http://id.example".into();
+        assert!(cfg
+            .validate()
+            .is_err_and(|e| e.contains("https://") && e.contains("loopback")));
         cfg.issuer = "http://127.0.0.1:9000".into();
-        assert!(cfg.validate().is_ok());
         cfg.client_id.clear();
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn ca_file_must_exist_and_hold_certificates() {
+        let dir = tempfile::TempDir::new().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut cfg = OidcConfig {
+            issuer: "https://id.example".into(),
+            client_id: "berth".into(),
+            client_secret: String::new(),
+            redirect_url: "https://berth.example/auth/oidc/callback".into(),
+            ca_file: Some(dir.path().join("missing.pem")),
+        };
+        assert!(cfg
+            .validate()
+            .is_err_and(|e| e.contains("auth.oidc.ca_file")));
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap_or_else(|e| panic!("{e}"));
+        cfg.ca_file = Some(junk);
+        assert!(cfg
+            .validate()
+            .is_err_and(|e| e.contains("auth.oidc.ca_file") && e.contains("no PEM")));
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        cfg.ca_file = Some(broken);
+        assert!(cfg
+            .validate()
+            .is_err_and(|e| e.contains("auth.oidc.ca_file")));
     }
 
     #[test]

@@ -948,6 +948,86 @@ fn oidc_python() -> Option<PathBuf> {
 struct Provider {
     child: std::process::Child,
     addr: std::net::SocketAddr,
+    /// With TLS: the throwaway CA that signed the provider's certificate.
+    ca: Option<PathBuf>,
+}
+
+/// Makes a throwaway CA and a certificate for `127.0.0.1` (IP SAN) signed by it, with the
+/// `openssl` CLI, in `dir`: `(ca.pem, server.pem, server.key)`.
+fn make_test_pki(dir: &Path) -> Res<(PathBuf, PathBuf, PathBuf)> {
+    let openssl = |args: &[&str]| -> Res {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=berth e2e test CA",
+    ];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&ca)?;
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&csr)?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ])?;
+    Ok((
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ))
 }
 
 impl Drop for Provider {
@@ -958,23 +1038,32 @@ impl Drop for Provider {
 }
 
 impl Provider {
-    fn start(python: &Path, dir: &Path, user: &str, password: &str) -> Res<Provider> {
+    /// Starts the provider on a free loopback port; over HTTPS (a fresh test CA, see
+    /// [`make_test_pki`]) when `tls`.
+    fn start(python: &Path, dir: &Path, user: &str, password: &str, tls: bool) -> Res<Provider> {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fixtures/oidc_provider.py");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let log = std::fs::File::create(dir.join("provider.log"))?;
-        let child = Command::new(python)
-            .arg(&script)
-            .args([
-                &port.to_string(),
-                "berth",
-                "berth-client-secret",
-                OIDC_REDIRECT,
-                user,
-                password,
-            ])
+        let mut cmd = Command::new(python);
+        cmd.arg(&script).args([
+            &port.to_string(),
+            "berth",
+            "berth-client-secret",
+            OIDC_REDIRECT,
+            user,
+            password,
+        ]);
+        let ca = if tls {
+            let (ca, cert, key) = make_test_pki(dir)?;
+            cmd.arg(cert).arg(key);
+            Some(ca)
+        } else {
+            None
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -982,6 +1071,7 @@ impl Provider {
         let mut p = Provider {
             child,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            ca,
         };
         let deadline = std::time::Instant::now() + PROVIDER_START_TIMEOUT;
         loop {
@@ -991,7 +1081,7 @@ impl Provider {
                     std::fs::read_to_string(dir.join("provider.log")).unwrap_or_default()
                 )));
             }
-            if crate::support::request(p.addr, "GET", "/.well-known/openid-configuration", &[], b"")
+            if p.request("GET", "/.well-known/openid-configuration", &[], b"")
                 .is_ok_and(|r| r.status == 200)
             {
                 return Ok(p);
@@ -1001,6 +1091,73 @@ impl Provider {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+
+    /// The issuer URL.
+    fn issuer(&self) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// One request to the provider, as the browser would make it: plain over std's
+    /// TcpStream, or over TLS with `curl --cacert <test CA>` (no TLS client in the tests).
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Res<Response> {
+        let Some(ca) = &self.ca else {
+            return crate::support::request(self.addr, method, path, headers, body);
+        };
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-i", "--max-time", "20", "--cacert"])
+            .arg(ca)
+            .args(["-X", method]);
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        if !body.is_empty() {
+            cmd.args(["--data-binary", "@-"]);
+        }
+        let mut child = cmd
+            .arg(format!("{}{path}", self.issuer()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(body)?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "curl {method} {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let split = out
+            .stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| fail("curl: no header block"))?;
+        let head = String::from_utf8_lossy(&out.stdout[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| fail(format!("curl: bad status line in {head}")))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(Response {
+            status,
+            headers,
+            body: out.stdout[split + 4..].to_vec(),
+        })
     }
 }
 
@@ -1016,11 +1173,12 @@ fn form_escape(s: &str) -> String {
         .collect()
 }
 
-/// `path?query` of an absolute `http://host:port/path?query` URL.
+/// `path?query` of an absolute `http(s)://host:port/path?query` URL.
 fn path_of(url: &str) -> Res<String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| fail(format!("not http: {url}")))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| fail(format!("not http(s): {url}")))?;
     Ok(rest
         .find('/')
         .map(|i| rest[i..].to_owned())
@@ -1044,7 +1202,8 @@ fn provider_login(
     user: &str,
     password: &str,
 ) -> Res<Result<String, u16>> {
-    let page = crate::support::request(provider.addr, "GET", &path_of(authorize_url)?, &[], b"")?
+    let page = provider
+        .request("GET", &path_of(authorize_url)?, &[], b"")?
         .expect_status(200, "provider login page")?;
     let page = String::from_utf8_lossy(&page.body).into_owned();
     let query = page
@@ -1059,8 +1218,7 @@ fn provider_login(
         form_escape(user),
         form_escape(password)
     );
-    let resp = crate::support::request(
-        provider.addr,
+    let resp = provider.request(
         "POST",
         "/login",
         &[("Content-Type", "application/x-www-form-urlencoded")],
@@ -1072,35 +1230,88 @@ fn provider_login(
     Ok(Ok(resp.require_header("location")?.to_owned()))
 }
 
+/// The Python with pyop, `None` to skip (an error under `BERTH_E2E_REQUIRED=1`).
+fn oidc_python_or_skip() -> Res<Option<PathBuf>> {
+    if let Some(python) = oidc_python() {
+        return Ok(Some(python));
+    }
+    if std::env::var("BERTH_E2E_REQUIRED").as_deref() == Ok("1") {
+        return Err(fail(
+            "no Python with pyop (.ci/run makes <target>/oidc-venv)",
+        ));
+    }
+    println!("SKIP: no Python with pyop");
+    Ok(None)
+}
+
+/// The `[auth.oidc]` section for `provider`, trusting `ca_file` if given.
+fn oidc_toml(provider: &Provider, ca_file: Option<&Path>) -> String {
+    let mut toml = format!(
+        "[auth.oidc]\nissuer = \"{}\"\nclient_id = \"berth\"\n\
+         client_secret = \"berth-client-secret\"\nredirect_url = \"{OIDC_REDIRECT}\"\n",
+        provider.issuer()
+    );
+    if let Some(ca) = ca_file {
+        toml.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+    }
+    toml
+}
+
 #[test]
 fn oidc_code_flow_with_a_real_provider_issues_a_working_token() -> Res {
-    let Some(python) = oidc_python() else {
-        if std::env::var("BERTH_E2E_REQUIRED").as_deref() == Ok("1") {
-            return Err(fail(
-                "no Python with pyop (.ci/run makes <target>/oidc-venv)",
-            ));
-        }
-        println!("SKIP: no Python with pyop");
+    let Some(python) = oidc_python_or_skip()? else {
         return Ok(());
     };
     let tmp = TempDir::new()?;
-    let provider = Provider::start(&python, tmp.path(), "dora", "dora-oidc-pw")?;
-    let node = start_auth_node(
-        tmp.path(),
-        &format!(
-            "[auth.oidc]\nissuer = \"http://{}\"\nclient_id = \"berth\"\n\
-             client_secret = \"berth-client-secret\"\nredirect_url = \"{OIDC_REDIRECT}\"\n",
-            provider.addr
-        ),
-    )?;
+    let provider = Provider::start(&python, tmp.path(), "dora", "dora-oidc-pw", false)?;
+    let node = start_auth_node(tmp.path(), &oidc_toml(&provider, None))?;
+    oidc_code_flow(&node, &provider)
+}
 
+/// The provider over HTTPS with a certificate from a throwaway CA: with `ca_file` = that CA
+/// the whole code flow works; without it the login fails at once with 502 naming the
+/// certificate problem (system roots do not know the CA).
+#[test]
+fn oidc_code_flow_over_https_trusts_the_configured_ca_only() -> Res {
+    let Some(python) = oidc_python_or_skip()? else {
+        return Ok(());
+    };
+    let tmp = TempDir::new()?;
+    let provider = Provider::start(&python, tmp.path(), "dora", "dora-oidc-pw", true)?;
+    let ca = provider.ca.clone().ok_or_else(|| fail("no CA"))?;
+
+    let untrusting_dir = tmp.path().join("untrusting");
+    std::fs::create_dir_all(&untrusting_dir)?;
+    let untrusting = start_auth_node(&untrusting_dir, &oidc_toml(&provider, None))?;
+    let started = std::time::Instant::now();
+    let refused = untrusting
+        .request("GET", "/auth/oidc/login", &[], b"")?
+        .expect_status(502, "GET /auth/oidc/login without the CA")?;
+    let text = String::from_utf8_lossy(&refused.body).into_owned();
+    assert!(text.contains("certificate"), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(untrusting);
+
+    let node_dir = tmp.path().join("trusting");
+    std::fs::create_dir_all(&node_dir)?;
+    let node = start_auth_node(&node_dir, &oidc_toml(&provider, Some(&ca)))?;
+    oidc_code_flow(&node, &provider)
+}
+
+/// The whole code flow of `node` against `provider`, playing the browser.
+fn oidc_code_flow(node: &Node, provider: &Provider) -> Res {
     // 1. The node sends the browser to the provider with state, nonce and PKCE.
     let start = node
         .request("GET", "/auth/oidc/login", &[], b"")?
         .expect_status(302, "GET /auth/oidc/login")?;
     let authorize = start.require_header("location")?.to_owned();
     assert!(
-        authorize.starts_with(&format!("http://{}/authorize?", provider.addr)),
+        authorize.starts_with(&format!("{}/authorize?", provider.issuer())),
         "{authorize}"
     );
     for p in [
@@ -1122,10 +1333,10 @@ fn oidc_code_flow_with_a_real_provider_issues_a_working_token() -> Res {
 
     // 2. A wrong password at the provider goes nowhere; the right one redirects back.
     assert_eq!(
-        provider_login(&provider, &authorize, "dora", "wrong")?,
+        provider_login(provider, &authorize, "dora", "wrong")?,
         Err(401)
     );
-    let back = provider_login(&provider, &authorize, "dora", "dora-oidc-pw")?
+    let back = provider_login(provider, &authorize, "dora", "dora-oidc-pw")?
         .map_err(|s| fail(format!("provider login answered {s}")))?;
     assert!(back.starts_with(OIDC_REDIRECT), "{back}");
     let query = back.split_once('?').map(|(_, q)| q).unwrap_or("");
@@ -1148,12 +1359,12 @@ fn oidc_code_flow_with_a_real_provider_issues_a_working_token() -> Res {
         .expect_status(401, "replayed callback")?;
 
     // 4. The token is a password for the token endpoint (docker login) and pushes.
-    let (status, actions) = token_actions(&node, "dora", &token, "dora/app")?;
+    let (status, actions) = token_actions(node, "dora", &token, "dora/app")?;
     assert_eq!(status, 200);
     assert!(actions.iter().any(|a| a == "push"), "{actions:?}");
     assert_eq!(
         push_status(
-            &node,
+            node,
             "dora/app",
             &basic("dora", &token),
             b"pushed after OIDC"
@@ -1161,7 +1372,7 @@ fn oidc_code_flow_with_a_real_provider_issues_a_working_token() -> Res {
         201
     );
     let user = api_ok(
-        &node,
+        node,
         "GET",
         "users/dora",
         &basic(ADMIN, ADMIN_PASSWORD),
@@ -1176,7 +1387,7 @@ fn oidc_code_flow_with_a_real_provider_issues_a_working_token() -> Res {
     );
     // It is not an administrator and has no password login.
     assert_eq!(
-        token_actions(&node, "dora", "dora-oidc-pw", "dora/app")?.0,
+        token_actions(node, "dora", "dora-oidc-pw", "dora/app")?.0,
         401
     );
 
@@ -1185,7 +1396,7 @@ fn oidc_code_flow_with_a_real_provider_issues_a_working_token() -> Res {
         .request("GET", "/auth/oidc/login", &[], b"")?
         .expect_status(302, "login")?;
     let back = provider_login(
-        &provider,
+        provider,
         again.require_header("location")?,
         "dora",
         "dora-oidc-pw",
