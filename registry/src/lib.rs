@@ -20,6 +20,7 @@ mod manifests;
 pub mod metrics;
 pub mod route;
 pub mod source;
+pub mod tls;
 pub mod torrent;
 mod uploads;
 

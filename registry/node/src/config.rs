@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// Repeatable; replaces the config file's `[[upstream]]` list.
     #[arg(long = "upstream", env = "BERTH_UPSTREAM", value_delimiter = ',')]
     pub upstream: Vec<String>,
+    /// Extra trusted CA certificates (PEM bundle) for `https://` upstreams without a
+    /// `ca_file` of their own; replaces the config file's `upstream_ca_file`.
+    #[arg(long, env = "BERTH_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Tracker announce URL written into served `.torrent` files.
     #[arg(long, env = "BERTH_TORRENT_ANNOUNCE")]
     pub torrent_announce: Option<String>,
@@ -68,6 +72,8 @@ pub struct NodeConfig {
     pub registry: RegistryConfig,
     /// Upstream registries to pull through (empty: not a mirror).
     pub upstream: Vec<crate::upstream::UpstreamConfig>,
+    /// Extra trusted CA certificates (PEM bundle) for upstreams without their own `ca_file`.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Tracker announce URL written into served `.torrent` files (none by default).
     pub torrent_announce: Option<String>,
     /// Garbage collection, tag expiry and the time machine.
@@ -90,6 +96,7 @@ impl Default for NodeConfig {
             shutdown_grace_seconds: 30,
             registry: RegistryConfig::default(),
             upstream: Vec::new(),
+            upstream_ca_file: None,
             torrent_announce: None,
             gc: Default::default(),
             api: Default::default(),
@@ -124,6 +131,9 @@ impl NodeConfig {
                 .iter()
                 .map(|s| crate::upstream::UpstreamConfig::parse_flag(s))
                 .collect::<Result<_>>()?;
+        }
+        if args.upstream_ca_file.is_some() {
+            config.upstream_ca_file = args.upstream_ca_file;
         }
         if args.torrent_announce.is_some() {
             config.torrent_announce = args.torrent_announce;
@@ -164,6 +174,7 @@ impl NodeConfig {
             anyhow::bail!("data_dir must not be empty");
         }
         self.p2p.validate()?;
+        crate::upstream::validate(&self.upstream, self.upstream_ca_file.as_deref())?;
         self.gc
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -200,6 +211,7 @@ mod tests {
             data_dir: None,
             config: Some(file.clone()),
             upstream: vec!["docker.io=http://127.0.0.1:6000".into()],
+            upstream_ca_file: None,
             torrent_announce: None,
             seed: false,
             bittorrent_listen: None,
@@ -219,6 +231,7 @@ mod tests {
             data_dir: None,
             config: Some(file),
             upstream: Vec::new(),
+            upstream_ca_file: None,
             torrent_announce: None,
             seed: false,
             bittorrent_listen: None,

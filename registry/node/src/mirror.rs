@@ -15,7 +15,7 @@ pub fn wire(
     config: &NodeConfig,
     p2p: Option<Arc<crate::p2p::P2p>>,
 ) -> Result<Registry> {
-    let upstreams = Upstreams::new(&config.upstream)?;
+    let upstreams = Upstreams::new(&config.upstream, config.upstream_ca_file.as_deref())?;
     let registry = registry.with_torrent_announce(config.torrent_announce.clone());
     if let Some(p2p) = p2p {
         let stats = p2p.stats.clone();

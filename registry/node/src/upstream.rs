@@ -10,10 +10,13 @@
 //! with `WWW-Authenticate: Bearer realm=…,service=…,scope=…` → `GET realm` with the basic
 //! credentials if any → retry with `Authorization: Bearer`). Tokens are cached per scope.
 //!
-//! Plain `http://` only: the TLS stack is not linked yet (no reachable TLS upstream exists on
-//! the test machine to prove it against).
+//! Transport: `https://` (rustls via [`berth_registry::tls`], trusting the system roots plus
+//! the upstream's `ca_file` or the global `upstream_ca_file`) or plain `http://`. The same
+//! client carries registry requests, the token realm requests and redirects; credentials go
+//! only to the upstream's own `scheme://host:port`, never to a redirect target elsewhere.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use berth_oci::{Algorithm, Digest, Reference, RepoName};
 use berth_registry::source::{
     BoxFuture, ContentSource, FetchedBlob, FetchedManifest, ManifestAnswer, Origin, SourceError,
 };
+use berth_registry::tls::HttpsConnector;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
@@ -54,7 +58,8 @@ pub struct UpstreamConfig {
     /// default upstream.
     #[serde(default)]
     pub host: Option<String>,
-    /// Base URL, `http://host:port` (credentials may be given as `http://user:pass@…`).
+    /// Base URL, `https://host[:port]` or `http://host:port` (credentials may be given as
+    /// `https://user:pass@…`).
     pub url: String,
     /// User name for basic auth and the token flow.
     #[serde(default)]
@@ -62,6 +67,10 @@ pub struct UpstreamConfig {
     /// Password (or token) for basic auth and the token flow.
     #[serde(default)]
     pub password: Option<String>,
+    /// Extra trusted CA certificates (a PEM bundle) for this upstream's TLS, on top of the
+    /// system roots; replaces the global `upstream_ca_file` for this upstream.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl UpstreamConfig {
@@ -81,6 +90,7 @@ impl UpstreamConfig {
 
 struct Upstream {
     host: Option<String>,
+    client: Client<HttpsConnector, Empty<Bytes>>,
     /// `scheme://authority` without a trailing slash.
     base: String,
     basic: Option<String>,
@@ -90,21 +100,51 @@ struct Upstream {
 /// The configured upstreams.
 pub struct Upstreams {
     list: Vec<Upstream>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+}
+
+/// The CA bundle an upstream trusts beyond the system roots, with the setting it came from.
+fn ca_file_of<'a>(
+    c: &'a UpstreamConfig,
+    global: Option<&'a Path>,
+) -> Option<(&'static str, &'a Path)> {
+    match (&c.ca_file, global) {
+        (Some(p), _) => Some(("upstream ca_file", p.as_path())),
+        (None, Some(g)) => Some(("upstream_ca_file", g)),
+        (None, None) => None,
+    }
+}
+
+/// Checks the CA bundles the upstreams name (exist, hold PEM certificates), so a bad setting
+/// stops the node at start rather than at the first pull.
+pub fn validate(configs: &[UpstreamConfig], global: Option<&Path>) -> Result<()> {
+    if let Some(g) = global {
+        berth_registry::tls::load_ca_file("upstream_ca_file", g)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    }
+    for c in configs {
+        if let Some(p) = &c.ca_file {
+            berth_registry::tls::load_ca_file("upstream ca_file", p)
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Upstreams {
-    /// Validates the configuration and builds the HTTP client.
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams> {
+    /// Validates the configuration and builds the HTTP(S) clients; `global_ca` is the
+    /// `upstream_ca_file` for upstreams without a `ca_file` of their own.
+    pub fn new(configs: &[UpstreamConfig], global_ca: Option<&Path>) -> Result<Upstreams> {
         let mut list = Vec::new();
+        let mut shared: Option<Client<HttpsConnector, Empty<Bytes>>> = None;
         for c in configs {
             let uri: Uri = c
                 .url
                 .parse()
                 .with_context(|| format!("upstream url {:?}", c.url))?;
-            if uri.scheme_str() != Some("http") {
-                bail!("upstream url {:?}: only http:// is supported", c.url);
-            }
+            let scheme = match uri.scheme_str() {
+                Some(s @ ("http" | "https")) => s,
+                _ => bail!("upstream url {:?}: must be https:// or http://", c.url),
+            };
             let Some(authority) = uri.authority() else {
                 bail!("upstream url {:?} has no host", c.url);
             };
@@ -120,15 +160,27 @@ impl Upstreams {
             if list.iter().any(|u: &Upstream| u.host == c.host) {
                 bail!("upstream for {:?} is configured twice", c.host);
             }
+            let client = match (ca_file_of(c, global_ca), &shared) {
+                (None, Some(client)) => client.clone(),
+                (ca, _) => {
+                    let connector = berth_registry::tls::https_connector("upstream", ca.as_slice())
+                        .map_err(|e| anyhow::anyhow!("upstream url {:?}: {e}", c.url))?;
+                    let client = Client::builder(TokioExecutor::new()).build(connector);
+                    if ca.is_none() {
+                        shared = Some(client.clone());
+                    }
+                    client
+                }
+            };
             list.push(Upstream {
                 host: c.host.clone(),
-                base: format!("http://{hostport}"),
+                client,
+                base: format!("{scheme}://{hostport}"),
                 basic: creds.map(|c| format!("Basic {}", base64(c.as_bytes()))),
                 tokens: Mutex::new(HashMap::new()),
             });
         }
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Upstreams { list, client })
+        Ok(Upstreams { list })
     }
 
     /// Whether any upstream is configured.
@@ -136,11 +188,12 @@ impl Upstreams {
         self.list.is_empty()
     }
 
-    /// The upstream's base URL for `ns` when it needs no credentials (the peer layer then
-    /// fetches single pieces from it with `Range`); `None` otherwise.
+    /// The upstream's base URL for `ns` when it needs no credentials and speaks plain HTTP
+    /// (the peer layer then fetches single pieces from it with `Range` over its own plain
+    /// client); `None` otherwise.
     pub fn plain_base(&self, ns: Option<&str>) -> Option<String> {
         self.pick(ns)
-            .filter(|u| u.basic.is_none())
+            .filter(|u| u.basic.is_none() && u.base.starts_with("http://"))
             .map(|u| u.base.clone())
     }
 
@@ -170,7 +223,7 @@ impl Upstreams {
                 None
             };
             let resp = self
-                .once(method.clone(), &url, accept, auth.as_deref())
+                .once(up, method.clone(), &url, accept, auth.as_deref())
                 .await?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !retried_auth {
@@ -210,6 +263,7 @@ impl Upstreams {
 
     async fn once(
         &self,
+        up: &Upstream,
         method: Method,
         url: &str,
         accept: Option<&str>,
@@ -226,9 +280,12 @@ impl Upstreams {
         let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|e| SourceError::Invalid(format!("{url}: {e}")))?;
-        match tokio::time::timeout(HEAD_TIMEOUT, self.client.request(req)).await {
+        match tokio::time::timeout(HEAD_TIMEOUT, up.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(SourceError::Unavailable(format!("{url}: {e}"))),
+            Ok(Err(e)) => Err(SourceError::Unavailable(format!(
+                "{url}: {}",
+                berth_registry::tls::error_chain(&e)
+            ))),
             Err(_) => Err(SourceError::Unavailable(format!("{url}: timed out"))),
         }
     }
@@ -260,7 +317,7 @@ impl Upstreams {
             url.push_str(&format!("&service={}", query_escape(service)));
         }
         let resp = self
-            .once(Method::GET, &url, None, up.basic.as_deref())
+            .once(up, Method::GET, &url, None, up.basic.as_deref())
             .await?;
         if !resp.status().is_success() {
             return Err(SourceError::Refused(format!(
@@ -474,14 +531,17 @@ mod tests {
         assert_eq!(f.host.as_deref(), Some("docker.io"));
         let f = UpstreamConfig::parse_flag("http://u:p@127.0.0.1:6000")?;
         assert_eq!(f.host, None);
-        let ups = Upstreams::new(&[f])?;
+        let ups = Upstreams::new(&[f], None)?;
         assert_eq!(ups.list[0].basic.as_deref(), Some("Basic dTpw"));
         assert!(ups.pick(None).is_some());
         assert!(
             ups.pick(Some("quay.io")).is_some(),
             "the default answers for any host"
         );
-        let ups = Upstreams::new(&[UpstreamConfig::parse_flag("docker.io=http://127.0.0.1:1")?])?;
+        let ups = Upstreams::new(
+            &[UpstreamConfig::parse_flag("docker.io=http://127.0.0.1:1")?],
+            None,
+        )?;
         assert!(
             ups.pick(Some("quay.io")).is_none(),
             "no default: other hosts miss"

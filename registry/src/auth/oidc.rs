@@ -43,12 +43,12 @@ use base64::Engine as _;
 use berth_storage::meta::identity::{Account, AccountKind, ApiToken, NewAuditEvent};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
-use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
 use sha2::Digest as _;
 
 use super::{now_ms, random_secret, token_hash, validate_name, API_TOKEN_PREFIX};
 use crate::error::{ErrorCode, OciError};
+use crate::tls::error_chain;
 use crate::{blocking, json_response, Shared};
 
 /// Pending logins kept at most (oldest dropped first beyond this).
@@ -131,90 +131,29 @@ fn check_url(field: &str, url: &str) -> Result<http::Uri, String> {
 
 /// Reads `auth.oidc.ca_file`: a PEM bundle with at least one certificate rustls accepts.
 fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let what = format!("auth.oidc.ca_file {}", path.display());
-    let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what}: not a PEM certificate bundle: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{what}: no PEM certificate in the file"));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in &certs {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("{what}: unusable certificate: {e}"))?;
-    }
-    Ok(certs)
+    crate::tls::load_ca_file("auth.oidc.ca_file", path)
 }
-
-type HttpsConnector =
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// The client for requests to the provider: HTTPS with the system roots plus `ca_file`, and
 /// plain HTTP (which [`check_url`] allows only on loopback). Built once at start.
 pub(crate) struct ProviderClient {
-    client: hyper_util::client::legacy::Client<HttpsConnector, Full<Bytes>>,
+    client: hyper_util::client::legacy::Client<crate::tls::HttpsConnector, Full<Bytes>>,
 }
 
 impl ProviderClient {
     /// Loads the roots and builds the client.
     pub(crate) fn new(cfg: &OidcConfig) -> Result<ProviderClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        if !native.errors.is_empty() {
-            tracing::warn!(
-                errors = native.errors.len(),
-                first = %native.errors[0],
-                "oidc: some system CA certificates could not be loaded"
-            );
-        }
-        let (added, ignored) = roots.add_parsable_certificates(native.certs);
-        if let Some(path) = &cfg.ca_file {
-            for cert in load_ca_file(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("auth.oidc.ca_file {}: {e}", path.display()))?;
-            }
-        }
-        tracing::debug!(
-            system = added,
-            ignored,
-            total = roots.len(),
-            "oidc: trusted CA certificates"
-        );
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("oidc TLS configuration: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let ca_files: Vec<(&str, &Path)> = cfg
+            .ca_file
+            .iter()
+            .map(|p| ("auth.oidc.ca_file", p.as_path()))
+            .collect();
+        let connector = crate::tls::https_connector("oidc", &ca_files)?;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector);
         Ok(ProviderClient { client })
     }
-}
-
-/// An error with its sources ("client error (Connect): invalid peer certificate: …"): the
-/// hyper error alone says only "client error (Connect)".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// A login started at `/auth/oidc/login`, waiting for its callback.

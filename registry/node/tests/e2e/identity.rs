@@ -954,7 +954,7 @@ struct Provider {
 
 /// Makes a throwaway CA and a certificate for `127.0.0.1` (IP SAN) signed by it, with the
 /// `openssl` CLI, in `dir`: `(ca.pem, server.pem, server.key)`.
-fn make_test_pki(dir: &Path) -> Res<(PathBuf, PathBuf, PathBuf)> {
+pub(crate) fn make_test_pki(dir: &Path) -> Res<(PathBuf, PathBuf, PathBuf)> {
     let openssl = |args: &[&str]| -> Res {
         let out = Command::new("openssl")
             .args(args)

@@ -455,3 +455,219 @@ fn containerd_fetches_through_the_mirror_selecting_the_upstream_by_ns() -> Res {
     assert!(metric(&mirror, "berth_blob_bytes_total{source=\"upstream\"}")? >= layer_bytes);
     Ok(())
 }
+
+/// How long nginx may take to listen.
+const NGINX_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// nginx terminating TLS on a loopback port and proxying to a plain-HTTP node; killed by PID
+/// on drop. It runs as one process (`master_process off`): killing a master with SIGKILL
+/// would leave its workers behind.
+struct TlsProxy {
+    child: Option<std::process::Child>,
+    port: u16,
+    error_log: PathBuf,
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl TlsProxy {
+    fn start(dir: &Path, cert: &Path, key: &Path, backend: &str) -> Res<TlsProxy> {
+        std::fs::create_dir_all(dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let d = dir.display();
+        let error_log = dir.join("error.log");
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    \
+             listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    \
+             ssl_certificate_key {key};\n    client_max_body_size 0;\n    \
+             proxy_buffering off;\n    location / {{\n      proxy_pass http://{backend};\n      \
+             proxy_set_header Host $http_host;\n      proxy_http_version 1.1;\n    }}\n  }}\n}}\n",
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(&error_log)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut proxy = TlsProxy {
+            child: Some(child),
+            port,
+            error_log,
+        };
+        let deadline = Instant::now() + NGINX_START_TIMEOUT;
+        loop {
+            if let Some(child) = proxy.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    proxy.child = None;
+                    return Err(fail(format!(
+                        "nginx exited with {status}: {}",
+                        proxy.log_text()
+                    )));
+                }
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(proxy);
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "nginx not listening after {NGINX_START_TIMEOUT:?}: {}",
+                    proxy.log_text()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.error_log).unwrap_or_default()
+    }
+}
+
+/// nginx and the openssl CLI (neither answers `--version`); same SKIP / required rules as
+/// [`require_client`].
+fn require_nginx_and_openssl() -> bool {
+    let usable = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if usable("nginx", "-v") && usable("openssl", "version") {
+        return true;
+    }
+    if std::env::var("BERTH_E2E_REQUIRED").as_deref() == Ok("1") {
+        panic!("nginx / openssl are not installed, and BERTH_E2E_REQUIRED=1");
+    }
+    println!("SKIP: nginx / openssl not installed");
+    false
+}
+
+#[test]
+fn mirror_pulls_from_an_https_upstream_trusting_the_configured_ca_only() -> Res {
+    if !require_client("skopeo") || !require_nginx_and_openssl() {
+        return Ok(());
+    }
+    let tmp = TempDir::new()?;
+    let (origin, _src, image) = origin_with_image(tmp.path(), "e2e/tls")?;
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let (ca, cert, key) = crate::identity::make_test_pki(&pki)?;
+    let proxy = TlsProxy::start(&tmp.path().join("nginx"), &cert, &key, &origin.host())?;
+    let upstream = format!("https://127.0.0.1:{}", proxy.port);
+
+    // With the CA (per-upstream `ca_file` in the TOML): skopeo pulls the exact image.
+    let config = tmp.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nurl = \"{upstream}\"\nca_file = \"{}\"\n",
+            ca.display()
+        ),
+    )?;
+    let mirror = Node::start_with(
+        &tmp.path().join("mirror"),
+        &["--config".into(), config.display().to_string()],
+    )?;
+    skopeo_copy(
+        &format!("docker://{}/e2e/tls:v1", mirror.host()),
+        &format!("oci:{}:v1", tmp.path().join("out").display()),
+        false,
+    )?;
+    check_copy(&tmp.path().join("out"), &image)?;
+    // And by plain GETs, each blob checked against its digest.
+    let manifest = mirror
+        .get_manifest("e2e/tls", &image.manifest_digest)?
+        .expect_status(200, "manifest through the https upstream")?;
+    assert_eq!(sha256_digest(&manifest.body), image.manifest_digest);
+    for digest in image
+        .layers
+        .iter()
+        .map(|l| l.digest.as_str())
+        .chain([image.config_digest.as_str()])
+    {
+        let blob = mirror
+            .request("GET", &format!("/v2/e2e/tls/blobs/{digest}"), &[], b"")?
+            .expect_status(200, "blob through the https upstream")?;
+        assert_eq!(sha256_digest(&blob.body), digest);
+    }
+    let layer_bytes: u64 = image.layers.iter().map(|l| l.blob.len() as u64).sum();
+    assert!(metric(&mirror, "berth_blob_bytes_total{source=\"upstream\"}")? >= layer_bytes);
+
+    // The global `--upstream-ca-file` works too.
+    let global = Node::start_with(
+        &tmp.path().join("mirror-global"),
+        &[
+            "--upstream".into(),
+            upstream.clone(),
+            "--upstream-ca-file".into(),
+            ca.display().to_string(),
+        ],
+    )?;
+    let resp = global
+        .get_manifest("e2e/tls", "v1")?
+        .expect_status(200, "manifest with the global CA")?;
+    assert_eq!(sha256_digest(&resp.body), image.manifest_digest);
+
+    // Without the CA: a prompt, clear certificate error, not a hang.
+    let untrusting = Node::start_with(
+        &tmp.path().join("mirror-no-ca"),
+        &["--upstream".into(), upstream],
+    )?;
+    let started = Instant::now();
+    let resp = untrusting.get_manifest("e2e/tls", "v1")?;
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    assert!(
+        matches!(resp.status, 502 | 503),
+        "want 502/503, got {}",
+        resp.describe()
+    );
+    assert!(
+        body.to_ascii_lowercase().contains("certificate"),
+        "error does not name the certificate: {body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A CA file that is not a certificate stops the node at start.
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n")?;
+    let err = Node::start_with(
+        &tmp.path().join("mirror-junk"),
+        &[
+            "--upstream".into(),
+            format!("https://127.0.0.1:{}", proxy.port),
+            "--upstream-ca-file".into(),
+            junk.display().to_string(),
+        ],
+    )
+    .err()
+    .ok_or_else(|| fail("a node with a junk CA file started"))?;
+    assert!(err.to_string().contains("upstream_ca_file"), "{err}");
+    drop(proxy);
+    Ok(())
+}
