@@ -136,11 +136,12 @@ fn open(
     range_header: Option<&str>,
     with_body: bool,
 ) -> Result<Option<Found>, Failure> {
-    // GC protocol: refresh the link's last-used time *before* looking it up, so a 200 here
-    // means the link stays for at least the grace period (a client's HEAD → manifest PUT).
-    reg.meta
+    // GC protocol: the lookup refreshes the link's last-used time, so a 200 here means the
+    // link stays for at least the grace period (a client's HEAD → manifest PUT).
+    let linked = reg
+        .meta
         .touch_blob(repo, digest, reg.lifecycle.touch_debounce_ms())?;
-    if reg.meta.repo_blob(repo, digest)?.is_none() {
+    if linked.is_none() {
         // Some clients fetch manifests through the blob endpoint (e.g. children of an index).
         let Some(m) = reg.meta.manifest_by_digest(repo, digest)? else {
             return Ok(None);

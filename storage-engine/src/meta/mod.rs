@@ -178,15 +178,16 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     // ---- Tag lifecycle and garbage collection (see `lifecycle` for the types). ----
 
-    /// Records that `repo`'s link to `digest` was used now (blob HEAD/GET). Skips the write
-    /// when the stored time is less than `debounce_ms` old. GC spares links used within
-    /// its grace period, which protects a client's `HEAD` → manifest `PUT` window.
+    /// The size of `digest` if `repo` links it, after recording that the link was used now
+    /// (blob HEAD/GET). Skips the write when the stored time is less than `debounce_ms` old.
+    /// GC spares links used within its grace period, so a `Some` here protects a client's
+    /// `HEAD` → manifest `PUT` window. One lookup serves both the use and the answer.
     fn touch_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         debounce_ms: i64,
-    ) -> Result<(), MetaError>;
+    ) -> Result<Option<u64>, MetaError>;
     /// How many repositories link `digest`.
     fn blob_link_count(&self, digest: &Digest) -> Result<u64, MetaError>;
     /// Deletes (or with `dry_run` only lists) up to `limit` manifests that nothing keeps

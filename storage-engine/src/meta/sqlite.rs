@@ -670,7 +670,7 @@ impl MetadataStore for SqliteMetadata {
         repo: &RepoName,
         digest: &Digest,
         debounce_ms: i64,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Option<u64>, MetaError> {
         lifecycle::touch_blob(self, repo, digest, debounce_ms)
     }
 

@@ -387,30 +387,37 @@ pub(super) fn touch_blob(
     repo: &RepoName,
     digest: &Digest,
     debounce_ms: i64,
-) -> Result<(), MetaError> {
+) -> Result<Option<u64>, MetaError> {
     let now = now_ms();
     let d = digest.to_string();
-    let fresh = db.read(|conn| {
+    let link: Option<(i64, i64)> = db.read(|conn| {
         conn.prepare_cached(
-            "SELECT 1 FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id
-             WHERE r.name = ?1 AND b.digest = ?2
-               AND max(b.linked_ms, coalesce(b.touched_ms, 0)) > ?3",
+            "SELECT b.size, max(b.linked_ms, coalesce(b.touched_ms, 0))
+             FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id
+             WHERE r.name = ?1 AND b.digest = ?2",
         )
-        .and_then(|mut s| s.exists(params![repo.as_str(), d, now - debounce_ms]))
+        .and_then(|mut s| {
+            s.query_row(params![repo.as_str(), d], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
         .map_err(db_err("reading blob use"))
     })?;
-    if fresh {
-        return Ok(());
+    let Some((size, last_used_ms)) = link else {
+        return Ok(None);
+    };
+    if last_used_ms > now - debounce_ms {
+        return Ok(Some(size as u64));
     }
-    db.write("recording blob use", |tx| {
+    // Stale: refresh it first. No row updated means GC removed the link since the read.
+    let updated = db.write("recording blob use", |tx| {
         tx.prepare_cached(
             "UPDATE repo_blobs SET touched_ms = ?3
              WHERE repo_id = (SELECT id FROM repositories WHERE name = ?1) AND digest = ?2",
         )
         .and_then(|mut s| s.execute(params![repo.as_str(), d, now]))
-        .map_err(db_err("recording blob use"))?;
-        Ok(())
-    })
+        .map_err(db_err("recording blob use"))
+    })?;
+    Ok((updated > 0).then_some(size as u64))
 }
 
 pub(super) fn blob_link_count(db: &SqliteMetadata, digest: &Digest) -> Result<u64, MetaError> {
