@@ -16,11 +16,15 @@ use berth_storage::{StorageError, VerifiedBlob, CHUNK_SIZE};
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{ErrorCode, OciError};
-use crate::{blocking, header_str, Shared};
+use crate::{blocking, header_str, metadata_read, Shared};
+use berth_storage::meta::BlobUse;
 
 /// Ranges up to this size are read in the same blocking call that opens the blob and sent as
 /// one frame: one thread hop per small GET instead of two.
 const INLINE_READ_MAX: u64 = 256 << 10;
+/// Blobs up to this size are opened and read on the async worker when their link needs no
+/// write (see `get`).
+const INLINE_OPEN_MAX: u64 = 64 << 10;
 /// Chunks read ahead of the socket per download: bounds memory to 4 MiB a transfer (1 MiB
 /// reads; FIELD-NOTES measured large reads ~40% faster than 64 KiB ones file → socket).
 const READ_AHEAD_CHUNKS: usize = 3;
@@ -53,21 +57,37 @@ pub(crate) async fn get(
 ) -> Result<Response, OciError> {
     let digest = Digest::parse(digest)?;
     let range_header = header_str(req, "range").map(str::to_owned);
-    let reg2 = reg.clone();
-    let d = digest.clone();
+    let answer = |reg: &Shared, d: &Digest, found: Result<Option<Found>, Failure>| match found {
+        Err(Failure::Corrupt(e)) => {
+            reg.note_corrupt(d);
+            Err(OciError::internal(&e))
+        }
+        Err(Failure::Oci(e)) => Err(e),
+        Ok(found) => Ok(found),
+    };
+    let debounce_ms = reg.lifecycle.touch_debounce_ms();
+    let link = metadata_read(|| Ok(reg.meta.blob_use(&repo, &digest, debounce_ms)?))?;
     let miss_repo = repo.clone(); // for the pull-through hook below
-    let found =
-        blocking(
-            move || match open(&reg2, &repo, &d, range_header.as_deref(), with_body) {
-                Err(Failure::Corrupt(e)) => {
-                    reg2.note_corrupt(&d);
-                    Err(OciError::internal(&e))
-                }
-                Err(Failure::Oci(e)) => Err(e),
-                Ok(found) => Ok(found),
-            },
-        )
-        .await?;
+    let found = match link {
+        // Small, linked and recently used (nothing to record): open, read and check it on
+        // this worker. A page-cache read of ≤ 64 KiB costs less than the hop to a blocking
+        // thread (docs/benchmarks.md); a cold read blocks this worker for one disk read,
+        // as nginx without aio does.
+        BlobUse::Fresh(size) if size <= INLINE_OPEN_MAX => answer(
+            reg,
+            &digest,
+            read_linked(reg, &repo, &digest, range_header.as_deref(), with_body),
+        )?,
+        _ => {
+            let reg2 = reg.clone();
+            let d = digest.clone();
+            blocking(move || {
+                let found = open(&reg2, &repo, &d, range_header.as_deref(), with_body);
+                answer(&reg2, &d, found)
+            })
+            .await?
+        }
+    };
     let Some(found) = found else {
         // BLOB_UNKNOWN unless a content source (pull-through) is configured.
         return crate::source::blob_miss(reg, miss_repo, digest, req, with_body).await;
@@ -84,7 +104,10 @@ pub(crate) async fn get(
             first,
             next_chunk,
             end,
-        }) => stream_chunks(reg.clone(), blob, first, next_chunk, end),
+        }) => {
+            let zero_copy = req.extensions.get::<crate::zerocopy::ZeroCopy>().is_some();
+            stream_chunks(reg.clone(), blob, first, next_chunk, end, zero_copy)
+        }
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -162,6 +185,18 @@ fn open(
             content,
         }));
     }
+    read_linked(reg, repo, digest, range_header, with_body)
+}
+
+/// Opens a blob `repo` links and reads what the request needs of it (the first covering
+/// chunk, checked, before any header is sent).
+fn read_linked(
+    reg: &Shared,
+    repo: &RepoName,
+    digest: &Digest,
+    range_header: Option<&str>,
+    with_body: bool,
+) -> Result<Option<Found>, Failure> {
     let blob = match reg.blobs.open_verified(digest) {
         Ok(Some(blob)) => blob,
         Ok(None) => {
@@ -224,19 +259,48 @@ fn read_checked(blob: &VerifiedBlob, chunk: u64) -> Result<Bytes, StorageError> 
 }
 
 /// Streams the rest of a range through a bounded queue filled by a blocking reader; every
-/// chunk is checked before it is queued.
-fn stream_chunks(reg: Shared, blob: VerifiedBlob, first: Bytes, next_chunk: u64, end: u64) -> Body {
+/// chunk is checked before it is queued. With `zero_copy` (plain HTTP through the node's
+/// server loop) a checked chunk is queued as a file region that the connection sends with
+/// `sendfile(2)` (`zerocopy.rs`): the reader's one reusable buffer is only for the crc check,
+/// and the bytes on the wire go page cache → socket.
+fn stream_chunks(
+    reg: Shared,
+    blob: VerifiedBlob,
+    first: Bytes,
+    next_chunk: u64,
+    end: u64,
+    zero_copy: bool,
+) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD_CHUNKS);
     tokio::task::spawn_blocking(move || {
         if tx.blocking_send(Ok(first)).is_err() {
             return;
         }
+        let region_file = match zero_copy.then(|| blob.file.try_clone()).transpose() {
+            Ok(file) => file.map(std::sync::Arc::new),
+            Err(e) => {
+                tracing::warn!(digest = %blob.digest(), error = %e, "no zero-copy for this transfer");
+                None
+            }
+        };
+        let mut scratch = BytesMut::new();
         for chunk in next_chunk..=end / CHUNK_SIZE {
-            let item = match read_checked(&blob, chunk) {
-                Ok(bytes) => {
-                    let keep = (end + 1 - chunk * CHUNK_SIZE).min(bytes.len() as u64);
-                    Ok(bytes.slice(..keep as usize))
-                }
+            let chunk_start = chunk * CHUNK_SIZE;
+            let read = match &region_file {
+                // Checked in the scratch buffer, sent from the file (or, when every
+                // zero-copy slot is taken, copied out of the scratch buffer).
+                Some(file) => read_checked_into(&blob, chunk, &mut scratch).map(|n| {
+                    let keep = (end + 1 - chunk_start).min(n as u64) as usize;
+                    crate::zerocopy::file_region(file, chunk_start, keep)
+                        .unwrap_or_else(|| Bytes::copy_from_slice(&scratch[..keep]))
+                }),
+                None => read_checked(&blob, chunk).map(|bytes| {
+                    let keep = (end + 1 - chunk_start).min(bytes.len() as u64);
+                    bytes.slice(..keep as usize)
+                }),
+            };
+            let item = match read {
+                Ok(bytes) => Ok(bytes),
                 Err(e) => {
                     tracing::error!(digest = %blob.digest(), error = %e, "read failed mid-transfer");
                     if matches!(e, StorageError::Corrupt { .. }) {
@@ -255,6 +319,20 @@ fn stream_chunks(reg: Shared, blob: VerifiedBlob, first: Bytes, next_chunk: u64,
         rx.recv().await.map(|item| (item, rx))
     });
     Body::from_stream(stream)
+}
+
+/// Reads and checks one chunk into `scratch` (reused across chunks: no allocation, no
+/// zeroing, no page faults per chunk); returns its length.
+fn read_checked_into(
+    blob: &VerifiedBlob,
+    chunk: u64,
+    scratch: &mut BytesMut,
+) -> Result<usize, StorageError> {
+    let len = blob.chunk_len(chunk);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    blob.read_chunk(chunk, &mut scratch[..len])
 }
 
 /// Parses a single `bytes=` range against a blob of `total` bytes. Multi-range requests are

@@ -23,6 +23,7 @@ pub mod source;
 pub mod tls;
 pub mod torrent;
 mod uploads;
+pub mod zerocopy;
 
 use std::sync::Arc;
 use std::time::Instant;

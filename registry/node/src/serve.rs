@@ -85,26 +85,81 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, data_dir = %data_dir.display(), "berth node serving");
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    // Peer addresses feed the audit log ("from where").
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stopping_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result??,
-        _ = async {
-            let _ = stopping_rx.await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over; exiting with requests in flight"),
-    }
+    serve_connections(
+        listener,
+        app,
+        Duration::from_secs(config.shutdown_grace_seconds),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a client may take to send a request head (slow-loris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The accept loop: HTTP/1.1 connections served by hyper over [`SendfileIo`], so blob bodies
+/// go file → socket with `sendfile(2)` (berth_registry::zerocopy). On SIGINT/SIGTERM it stops
+/// accepting, closes idle keep-alive connections, and lets in-flight requests finish for
+/// `grace`.
+async fn serve_connections(listener: tokio::net::TcpListener, app: axum::Router, grace: Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Headers and a sendfile body go out as separate writes: no Nagle delay between them.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        let router = app.clone();
+        let service = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            // Peer addresses feed the audit log ("from where").
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            req.extensions_mut()
+                .insert(berth_registry::zerocopy::ZeroCopy);
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            // Vectored writes: hyper passes body frames by reference, which the zero-copy
+            // path relies on (berth_registry::zerocopy's invariants).
+            .writev(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(
+                TokioIo::new(berth_registry::zerocopy::SendfileIo::new(stream)),
+                TowerToHyperService::new(service),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "grace period over; exiting with requests in flight"
+        ),
+    }
 }
 
 async fn shutdown_signal() {

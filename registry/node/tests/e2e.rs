@@ -27,6 +27,8 @@ mod identity;
 mod lifecycle;
 #[path = "e2e/podman.rs"]
 mod podman;
+#[path = "e2e/reads.rs"]
+mod reads;
 #[path = "e2e/scrub.rs"]
 mod scrub;
 #[path = "e2e/shutdown.rs"]

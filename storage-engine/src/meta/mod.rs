@@ -114,6 +114,17 @@ pub struct RepoInfo {
     pub public: bool,
 }
 
+/// A repository's link to a blob, as [`MetadataStore::blob_use`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobUse {
+    /// Not linked.
+    Unlinked,
+    /// Linked, `size` bytes, use recorded within the debounce interval: nothing to write.
+    Fresh(u64),
+    /// Linked, but the use must be recorded (call [`MetadataStore::touch_blob`]).
+    Stale,
+}
+
 /// Everything the registry needs from a metadata database.
 pub trait MetadataStore: Send + Sync + 'static {
     /// Records that `repo` holds blob `digest` of `size` bytes (creating the repository).
@@ -188,6 +199,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         digest: &Digest,
         debounce_ms: i64,
     ) -> Result<Option<u64>, MetaError>;
+    /// The read half of [`MetadataStore::touch_blob`], never writing: whether `repo` links
+    /// `digest` and whether its recorded use is recent enough that `touch_blob` would skip
+    /// its write. Lets a blob read answer from a read-only lookup in the common case.
+    fn blob_use(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        debounce_ms: i64,
+    ) -> Result<BlobUse, MetaError>;
     /// How many repositories link `digest`.
     fn blob_link_count(&self, digest: &Digest) -> Result<u64, MetaError>;
     /// Deletes (or with `dry_run` only lists) up to `limit` manifests that nothing keeps

@@ -674,6 +674,15 @@ impl MetadataStore for SqliteMetadata {
         lifecycle::touch_blob(self, repo, digest, debounce_ms)
     }
 
+    fn blob_use(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        debounce_ms: i64,
+    ) -> Result<super::BlobUse, MetaError> {
+        lifecycle::blob_use(self, repo, digest, debounce_ms)
+    }
+
     fn blob_link_count(&self, digest: &Digest) -> Result<u64, MetaError> {
         lifecycle::blob_link_count(self, digest)
     }

@@ -8,6 +8,8 @@
 use berth_oci::{Digest, RepoName, Tag};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use crate::meta::BlobUse;
+
 use super::{
     db_err, now_ms, parse_digest, record_tag_event, repo_id, Collected, GcWindow, MetaError,
     Policy, Scope, SqliteMetadata, TagInfo, TagOptions,
@@ -390,19 +392,7 @@ pub(super) fn touch_blob(
 ) -> Result<Option<u64>, MetaError> {
     let now = now_ms();
     let d = digest.to_string();
-    let link: Option<(i64, i64)> = db.read(|conn| {
-        conn.prepare_cached(
-            "SELECT b.size, max(b.linked_ms, coalesce(b.touched_ms, 0))
-             FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id
-             WHERE r.name = ?1 AND b.digest = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![repo.as_str(), d], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(db_err("reading blob use"))
-    })?;
-    let Some((size, last_used_ms)) = link else {
+    let Some((size, last_used_ms)) = blob_link(db, repo, &d)? else {
         return Ok(None);
     };
     if last_used_ms > now - debounce_ms {
@@ -418,6 +408,43 @@ pub(super) fn touch_blob(
         .map_err(db_err("recording blob use"))
     })?;
     Ok((updated > 0).then_some(size as u64))
+}
+
+/// A link's size and last use (link or touch time, ms).
+fn blob_link(
+    db: &SqliteMetadata,
+    repo: &RepoName,
+    digest: &str,
+) -> Result<Option<(i64, i64)>, MetaError> {
+    db.read(|conn| {
+        conn.prepare_cached(
+            "SELECT b.size, max(b.linked_ms, coalesce(b.touched_ms, 0))
+             FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id
+             WHERE r.name = ?1 AND b.digest = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![repo.as_str(), digest], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(db_err("reading blob use"))
+    })
+}
+
+pub(super) fn blob_use(
+    db: &SqliteMetadata,
+    repo: &RepoName,
+    digest: &Digest,
+    debounce_ms: i64,
+) -> Result<BlobUse, MetaError> {
+    Ok(match blob_link(db, repo, &digest.to_string())? {
+        None => BlobUse::Unlinked,
+        Some((size, last_used_ms)) if last_used_ms > now_ms() - debounce_ms => {
+            BlobUse::Fresh(size.max(0) as u64)
+        }
+        Some(_) => BlobUse::Stale,
+    })
 }
 
 pub(super) fn blob_link_count(db: &SqliteMetadata, digest: &Digest) -> Result<u64, MetaError> {
