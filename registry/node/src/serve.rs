@@ -95,15 +95,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// How long a client may take to send a request head (slow-loris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The accept loop: HTTP/1.1 connections served by hyper over [`SendfileIo`], so blob bodies
 /// go file → socket with `sendfile(2)` (berth_registry::zerocopy). On SIGINT/SIGTERM it stops
 /// accepting, closes idle keep-alive connections, and lets in-flight requests finish for
 /// `grace`.
 async fn serve_connections(listener: tokio::net::TcpListener, app: axum::Router, grace: Duration) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -138,8 +135,6 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: axum::Router,
             // Vectored writes: hyper passes body frames by reference, which the zero-copy
             // path relies on (berth_registry::zerocopy's invariants).
             .writev(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(
                 TokioIo::new(berth_registry::zerocopy::SendfileIo::new(stream)),
                 TowerToHyperService::new(service),
