@@ -192,22 +192,28 @@ impl AsyncWrite for SendfileIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let bufs: Vec<io::IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).copied().collect();
-        let Some(first) = bufs.first() else {
-            return Poll::Ready(Ok(0));
-        };
-        match region_of(first) {
-            Some(Err(e)) => Poll::Ready(Err(e)),
-            Some(Ok((region, skip))) => self.poll_sendfile(cx, &region, skip, first.len()),
-            None => {
-                // Plain bytes up to the next region frame go out in one writev.
-                let plain = bufs
-                    .iter()
-                    .position(|b| region_of(b).is_some())
-                    .unwrap_or(bufs.len());
-                Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..plain])
+        // Plain bytes up to the next region frame go out in one writev; a region frame at
+        // the front goes out by sendfile. (hyper passes at most 64 slices.)
+        let mut plain = [io::IoSlice::new(&[]); 64];
+        let mut n = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            match region_of(buf) {
+                None if n < plain.len() => {
+                    plain[n] = *buf;
+                    n += 1;
+                }
+                None => break,
+                Some(_) if n > 0 => break,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                Some(Ok((region, skip))) => {
+                    return self.poll_sendfile(cx, &region, skip, buf.len())
+                }
             }
         }
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, &plain[..n])
     }
 
     fn is_write_vectored(&self) -> bool {
