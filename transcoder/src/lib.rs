@@ -28,7 +28,7 @@ use std::io::{self, Read, Write};
 use berth_oci::Digest;
 
 pub use codec::ParGzEncoder;
-pub use pipeline::{decoder, Decoder, EncodePipeline, Transcoded};
+pub use pipeline::{copy_threaded, decoder, Decoder, EncodePipeline, Transcoded, DECODE_AHEAD};
 
 /// Size of the buffer bytes are copied through between decoder and encoder.
 pub const COPY_BUFFER_SIZE: usize = 1 << 20;
@@ -240,7 +240,7 @@ pub fn transcode<R: Read + Send, W: Write>(
     let limit = config.expansion_limit(input_len);
     let mut decoded = pipeline::decoder(from, input, limit)?;
     let mut pipe = EncodePipeline::new(config, to, output)?;
-    pipe.copy_from(&mut decoded)?;
+    pipeline::copy_threaded(&mut decoded, &mut pipe)?;
     let (done, out) = pipe.finish()?;
     if let Some(expected) = diff_id {
         if &done.diff_id != expected {
