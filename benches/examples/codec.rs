@@ -55,7 +55,10 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{} {} diff_id={}", done.digest, done.size, done.diff_id);
             Ok(())
         }
-        _ => Err("usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT [LEVEL [THREADS]]".into()),
+        _ => Err(
+            "usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT [LEVEL [THREADS]]"
+                .into(),
+        ),
     }
 }
 
