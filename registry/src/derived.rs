@@ -302,7 +302,10 @@ impl DerivedIndex {
     fn put(&self, key: &Key, digest: &Digest) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        // Unique per write: two writers never share (and truncate) one temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
         let write = || -> io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(digest.to_string().as_bytes())?;
@@ -397,24 +400,31 @@ pub(crate) async fn derive(
         .entry(key.clone())
         .or_default()
         .clone();
-    let (r2, repo2) = (reg.clone(), repo.clone());
+    let (r2, repo2, key2) = (reg.clone(), repo.clone(), key.clone());
     let outcome = flight
         .get_or_init(|| async move {
             // A task of its own: a client that disconnects does not cancel the build others wait on.
             let task = tokio::spawn(async move {
                 let built = build(&r2, &repo2, source, variant).await;
+                let counters = &r2.metrics.transcode;
                 match &built {
-                    Ok(_) => r2
-                        .metrics
-                        .transcode
-                        .manifests_built
-                        .fetch_add(1, Ordering::Relaxed),
-                    Err(_) => r2
-                        .metrics
-                        .transcode
-                        .failures
-                        .fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(digest) => {
+                        counters.manifests_built.fetch_add(1, Ordering::Relaxed);
+                        // Recorded by the flight's leader only, once per build.
+                        let (r3, digest) = (r2.clone(), digest.clone());
+                        let recorded = blocking(move || {
+                            if let Err(e) = r3.derived.index.put(&key2, &digest) {
+                                // Only a cache: the image is served; a restart rebuilds it.
+                                tracing::warn!(error = %e, digest = %digest, "recording a derived image on disk");
+                            }
+                            Ok(())
+                        });
+                        let _ = recorded.await;
+                    }
+                    Err(_) => {
+                        counters.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 built.map_err(|e| (e.status, e.code, e.message, e.detail))
             });
             task.await.unwrap_or_else(|e| {
@@ -445,17 +455,11 @@ pub(crate) async fn derive(
             None => err,
         }
     })?;
-    remember(&reg.derived.finished, key.clone(), digest.clone());
+    remember(&reg.derived.finished, key, digest.clone());
     let (r2, repo2) = (reg.clone(), repo.clone());
-    blocking(move || {
-        if let Err(e) = r2.derived.index.put(&key, &digest) {
-            // Only a cache: the image stays correct, a restart would build it again.
-            tracing::warn!(error = %e, digest = %digest, "recording a derived image on disk");
-        }
-        Ok(r2.meta.manifest_by_digest(&repo2, &digest)?)
-    })
-    .await?
-    .ok_or_else(|| OciError::internal(&io::Error::other("derived manifest vanished")))
+    blocking(move || Ok(r2.meta.manifest_by_digest(&repo2, &digest)?))
+        .await?
+        .ok_or_else(|| OciError::internal(&io::Error::other("derived manifest vanished")))
 }
 
 fn remember(finished: &Mutex<HashMap<Key, Digest>>, key: Key, digest: Digest) {
