@@ -944,3 +944,78 @@ fn a_multi_platform_index_derives_every_platform_and_keeps_the_rest() -> Res {
     }
     Ok(())
 }
+
+#[test]
+fn offline_transcode_converts_every_platform_of_an_index() -> Res {
+    let tmp = TempDir::new()?;
+    let mut rng = Rng::from_clock();
+    let src = Layout::create(&tmp.path().join("src"))?;
+    let images = [
+        src.build_image(&mut rng, "amd64", 2, 200 << 10)?,
+        src.build_image(&mut rng, "arm64", 1, 200 << 10)?,
+    ];
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [images[0].descriptor(Some("amd64")), images[1].descriptor(Some("arm64"))],
+        "annotations": {"org.example.kept": "yes"},
+    }))?;
+    let index_digest = src.put(&index)?;
+    src.tag(
+        &json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index.len()}),
+        "v1",
+    )?;
+    let out = tmp.path().join("out");
+    run(Command::new(berth_bin())
+        .args(["transcode", "--to", "zstd"])
+        .arg(&src.dir)
+        .arg(&out)
+        .env_remove("BERTH_CONFIG"))?;
+
+    let desc = tagged_descriptor(&out, "v1")?;
+    let new_index: Value = serde_json::from_slice(&read_blob(&out, str_field(&desc, "digest")?)?)?;
+    if desc["mediaType"] != "application/vnd.oci.image.index.v1+json"
+        || new_index["annotations"]["org.example.kept"] != "yes"
+        || new_index["annotations"]["io.berth.derived.from"] != json!(index_digest)
+    {
+        return Err(fail(format!("converted index {desc} {new_index}")));
+    }
+    let children = new_index["manifests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if children.len() != 2 {
+        return Err(fail(format!("converted index {new_index}")));
+    }
+    for ((child, image), arch) in children.iter().zip(&images).zip(["amd64", "arm64"]) {
+        if child["platform"]["architecture"] != arch {
+            return Err(fail(format!("child {child}, want {arch}")));
+        }
+        let m: Value = serde_json::from_slice(&read_blob(&out, str_field(child, "digest")?)?)?;
+        let layers = m["layers"].as_array().cloned().unwrap_or_default();
+        if layers.len() != image.layers.len() {
+            return Err(fail(format!("{arch}: {m}")));
+        }
+        for (l, original) in layers.iter().zip(&image.layers) {
+            let blob = read_blob(&out, str_field(l, "digest")?)?;
+            if l["mediaType"] != "application/vnd.oci.image.layer.v1.tar+zstd"
+                || zstd_diff_id(&blob)? != original.diff_id
+            {
+                return Err(fail(format!(
+                    "{arch}: layer {l} is not the zstd form of {}",
+                    original.diff_id
+                )));
+            }
+        }
+    }
+    // skopeo verifies every digest of every platform while copying.
+    if require_client("skopeo") {
+        skopeo_copy(
+            &format!("oci:{}:v1", out.display()),
+            &format!("oci:{}:v1", tmp.path().join("copied").display()),
+            true,
+        )?;
+    }
+    Ok(())
+}
