@@ -10,7 +10,9 @@
 //!   bytes come from and go to (the registry writes into a storage `UploadWriter`).
 //! - One decode and one encode pass per layer: the compressed output's digest and the
 //!   uncompressed stream's digest (the diff_id) are computed in that same pass.
-//! - Memory is bounded by configuration, not by layer size: a copy buffer of
+//! - Decoding runs on its own thread ([`copy_threaded`]), handing [`COPY_BUFFER_SIZE`]
+//!   buffers to the encoding thread through a queue of [`DECODE_AHEAD`].
+//! - Memory is bounded by configuration, not by layer size: `DECODE_AHEAD + 2` buffers of
 //!   [`COPY_BUFFER_SIZE`], `threads` gzip blocks of `gzip_block_size` in flight twice over,
 //!   and zstd's own per-worker windows.
 //! - Decompression is bounded ([`TranscoderConfig::expansion_limit`]): a zip bomb fails with
