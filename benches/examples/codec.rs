@@ -2,8 +2,9 @@
 //! timed next to `zstd -T0` and `pigz` on the same bytes.
 //!
 //! `codec gen OUT SIZE_MIB` writes the layer-like tar of `benches/codecs.rs`;
-//! `codec transcode FROM TO IN OUT` (FROM/TO: none, gzip, zstd) converts IN to OUT with the
-//! production settings and prints the new digest, size and diff_id.
+//! `codec transcode FROM TO IN OUT [LEVEL [THREADS]]` (FROM/TO: none, gzip, zstd) converts IN to OUT
+//! with the production settings (or the given gzip / zstd LEVEL, for equal-ratio
+//! comparisons, and THREADS, 0 = all cores) and prints the new digest, size and diff_id.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -21,14 +22,24 @@ fn run(args: &[String]) -> Result<(), String> {
             let tar = layer_data::layer_tar(mib << 20, 0x5eed);
             std::fs::write(out, tar).map_err(|e| format!("writing {out}: {e}"))
         }
-        [cmd, from, to, input, output] if cmd == "transcode" => {
+        [cmd, from, to, input, output, opt @ ..] if cmd == "transcode" && opt.len() < 3 => {
             let parse = |s: &str| Compression::parse(s).ok_or(format!("unknown compression {s}"));
             let (from, to) = (parse(from)?, parse(to)?);
+            let mut config = TranscoderConfig::default();
+            if let Some(level) = opt.first() {
+                let level: u32 = level.parse().map_err(|e| format!("LEVEL: {e}"))?;
+                config.gzip_level = level;
+                config.zstd_level = level as i32;
+            }
+            if let Some(threads) = opt.get(1) {
+                config.threads = threads.parse().map_err(|e| format!("THREADS: {e}"))?;
+            }
+            config.validate()?;
             let file = File::open(input).map_err(|e| format!("opening {input}: {e}"))?;
             let len = file.metadata().map_err(|e| e.to_string())?.len();
             let out = File::create(output).map_err(|e| format!("creating {output}: {e}"))?;
             let (done, out) = transcode(
-                &TranscoderConfig::default(),
+                &config,
                 from,
                 to,
                 BufReader::with_capacity(1 << 20, file),
@@ -44,7 +55,10 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{} {} diff_id={}", done.digest, done.size, done.diff_id);
             Ok(())
         }
-        _ => Err("usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT".into()),
+        _ => Err(
+            "usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT [LEVEL [THREADS]]"
+                .into(),
+        ),
     }
 }
 

@@ -12,13 +12,28 @@
 //! threads). Each conversion streams blob file -> decoder -> encoder -> `UploadWriter` with
 //! bounded memory, and the result becomes visible only through `BlobStore::commit` (verified
 //! digest); a failure discards the staging file. Concurrent requests for the same derived
-//! image share one build (single-flight); finished builds are remembered (bounded map, lost
-//! on restart; a rebuild after restart finds its blobs already stored and commits nothing new).
+//! image share one build (single-flight). A derived layer's digest is known only when its
+//! conversion ends, so neither the manifest nor a derived blob can be served earlier: the
+//! protocol names content by digest. What can stream (the `docker load` archive) streams
+//! from the finished, cached layer.
+//!
+//! Finished builds are remembered in a bounded map and in the on-disk index
+//! [`DerivedIndex`] (`<data>/derived/`, one atomically written file per source manifest and
+//! variant), so a restarted node re-serves derived images without converting again. An
+//! entry is only a hint: the manifest it names is looked up in the metadata store, and a
+//! missing one (collected by GC) means "build again".
+//!
+//! A multi-platform index derives each image child (single-flight per child) and becomes a
+//! new OCI index with the same platforms and annotations; children that are not tar-layer
+//! images (attestations, artifacts) and nested indexes are kept as they are.
+//!
 //! Derived manifests are stored untagged through `put_manifest`, so their blob references
 //! are recorded for GC.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -40,6 +55,8 @@ use crate::{blocking, Shared};
 pub const RESERVED_TAG_MARKER: &str = "--berth-";
 /// Finished derived images remembered in memory.
 const FINISHED_MAX: usize = 10_000;
+/// Largest entry of the on-disk index (a digest string is 71 bytes for sha256).
+const INDEX_ENTRY_SIZE_MAX: u64 = 256;
 /// Largest image config read into memory.
 const CONFIG_SIZE_MAX: u64 = 8 << 20;
 /// Chunks of a blob in flight to the socket when streaming a `docker load` archive.
@@ -171,17 +188,136 @@ pub(crate) struct Derived {
     permits: Arc<tokio::sync::Semaphore>,
     flights: Mutex<HashMap<Key, Flight>>,
     finished: Mutex<HashMap<Key, Digest>>,
+    index: DerivedIndex,
 }
 
 impl Derived {
-    pub(crate) fn new(config: DerivedConfig) -> Derived {
+    pub(crate) fn new(config: DerivedConfig, data_dir: &Path) -> Derived {
         Derived {
             transcoder: config.transcoder(),
             permits: Arc::new(tokio::sync::Semaphore::new(config.conversions_max.max(1))),
             config,
             flights: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
+            index: DerivedIndex {
+                dir: data_dir.join("derived"),
+            },
         }
+    }
+}
+
+/// Counters of derived-image work, rendered into `/metrics`.
+#[derive(Default)]
+pub struct DerivedMetrics {
+    layers_converted: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    manifests_built: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl DerivedMetrics {
+    /// Appends the transcoder series to a text exposition.
+    pub fn render(&self, out: &mut String) {
+        let series = [
+            (
+                "berth_transcode_layers_total",
+                "Layers converted or squashed (not counting cache hits).",
+                &self.layers_converted,
+            ),
+            (
+                "berth_transcode_input_bytes_total",
+                "Uncompressed bytes that went through the transcoder.",
+                &self.bytes_in,
+            ),
+            (
+                "berth_transcode_output_bytes_total",
+                "Bytes the transcoder wrote (derived layer blobs).",
+                &self.bytes_out,
+            ),
+            (
+                "berth_derived_manifests_built_total",
+                "Derived manifests (images and indexes) built, not found in a cache.",
+                &self.manifests_built,
+            ),
+            (
+                "berth_derived_failures_total",
+                "Derived-image builds that failed.",
+                &self.failures,
+            ),
+        ];
+        for (name, help, v) in series {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+    }
+
+    fn layer(&self, uncompressed: u64, written: u64) {
+        self.layers_converted.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(uncompressed, Ordering::Relaxed);
+        self.bytes_out.fetch_add(written, Ordering::Relaxed);
+    }
+}
+
+/// The on-disk index of finished derived images: `<dir>/<hex>` where `hex` is the sha256 of
+/// `repo \n source digest \n variant`, holding the derived manifest's digest. Files are
+/// written to a temporary name, fsynced and renamed, so a reader sees a whole entry or none;
+/// an unreadable entry is ignored (the image is built again and the entry rewritten).
+struct DerivedIndex {
+    dir: PathBuf,
+}
+
+impl DerivedIndex {
+    fn path(&self, key: &Key) -> PathBuf {
+        let name = format!("{}\n{}\n{}", key.0, key.1, key.2.name());
+        self.dir.join(Digest::sha256_of(name.as_bytes()).hex())
+    }
+
+    /// The derived manifest recorded for `key`, if any (blocking).
+    fn get(&self, key: &Key) -> Option<Digest> {
+        let path = self.path(key);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "reading the derived-image index");
+                return None;
+            }
+        };
+        let mut text = String::new();
+        if let Err(e) = file.take(INDEX_ENTRY_SIZE_MAX).read_to_string(&mut text) {
+            tracing::warn!(path = %path.display(), error = %e, "reading the derived-image index");
+            return None;
+        }
+        let parsed = Digest::parse(text.trim()).ok();
+        if parsed.is_none() {
+            tracing::warn!(path = %path.display(), "ignoring a malformed derived-image index entry");
+        }
+        parsed
+    }
+
+    /// Records `key -> digest` atomically and durably (blocking).
+    fn put(&self, key: &Key, digest: &Digest) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(key);
+        // Unique per write: two writers never share (and truncate) one temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(digest.to_string().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        let result = write();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 }
 
@@ -257,25 +393,39 @@ pub(crate) async fn derive(
     variant: Variant,
 ) -> Result<StoredManifest, OciError> {
     let key: Key = (repo.to_string(), source.digest.to_string(), variant);
-    let known = lock(&reg.derived.finished).get(&key).cloned();
-    if let Some(d) = known {
-        let (r2, repo2) = (reg.clone(), repo.clone());
-        if let Some(m) = blocking(move || Ok(r2.meta.manifest_by_digest(&repo2, &d)?)).await? {
-            return Ok(m);
-        }
+    if let Some(m) = cached(reg, repo, &key).await? {
+        return Ok(m);
     }
     let flight = lock(&reg.derived.flights)
         .entry(key.clone())
         .or_default()
         .clone();
-    let (r2, repo2) = (reg.clone(), repo.clone());
+    let (r2, repo2, key2) = (reg.clone(), repo.clone(), key.clone());
     let outcome = flight
         .get_or_init(|| async move {
             // A task of its own: a client that disconnects does not cancel the build others wait on.
             let task = tokio::spawn(async move {
-                build(&r2, &repo2, source, variant)
-                    .await
-                    .map_err(|e| (e.status, e.code, e.message, e.detail))
+                let built = build(&r2, &repo2, source, variant).await;
+                let counters = &r2.metrics.transcode;
+                match &built {
+                    Ok(digest) => {
+                        counters.manifests_built.fetch_add(1, Ordering::Relaxed);
+                        // Recorded by the flight's leader only, once per build.
+                        let (r3, digest) = (r2.clone(), digest.clone());
+                        let recorded = blocking(move || {
+                            if let Err(e) = r3.derived.index.put(&key2, &digest) {
+                                // Only a cache: the image is served; a restart rebuilds it.
+                                tracing::warn!(error = %e, digest = %digest, "recording a derived image on disk");
+                            }
+                            Ok(())
+                        });
+                        let _ = recorded.await;
+                    }
+                    Err(_) => {
+                        counters.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                built.map_err(|e| (e.status, e.code, e.message, e.detail))
             });
             task.await.unwrap_or_else(|e| {
                 Err((
@@ -305,17 +455,41 @@ pub(crate) async fn derive(
             None => err,
         }
     })?;
-    {
-        let mut finished = lock(&reg.derived.finished);
-        if finished.len() >= FINISHED_MAX {
-            finished.clear();
-        }
-        finished.insert(key, digest.clone());
-    }
+    remember(&reg.derived.finished, key, digest.clone());
     let (r2, repo2) = (reg.clone(), repo.clone());
     blocking(move || Ok(r2.meta.manifest_by_digest(&repo2, &digest)?))
         .await?
         .ok_or_else(|| OciError::internal(&io::Error::other("derived manifest vanished")))
+}
+
+fn remember(finished: &Mutex<HashMap<Key, Digest>>, key: Key, digest: Digest) {
+    let mut finished = lock(finished);
+    if finished.len() >= FINISHED_MAX {
+        finished.clear();
+    }
+    finished.insert(key, digest);
+}
+
+/// A finished derived image from memory or the on-disk index whose manifest is still stored.
+async fn cached(
+    reg: &Shared,
+    repo: &RepoName,
+    key: &Key,
+) -> Result<Option<StoredManifest>, OciError> {
+    let known = lock(&reg.derived.finished).get(key).cloned();
+    let (r2, repo2, key2) = (reg.clone(), repo.clone(), key.clone());
+    blocking(move || {
+        let from_disk = known.is_none();
+        let Some(d) = known.or_else(|| r2.derived.index.get(&key2)) else {
+            return Ok(None);
+        };
+        let m = r2.meta.manifest_by_digest(&repo2, &d)?;
+        if m.is_some() && from_disk {
+            remember(&r2.derived.finished, key2, d);
+        }
+        Ok(m)
+    })
+    .await
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -447,6 +621,9 @@ fn convert_layer(
                 .map_err(|e| layer_error(e, &d.digest))?;
         Ok((done.clone(), done.digest, done.size, sink))
     })?;
+    reg.metrics
+        .transcode
+        .layer(done.uncompressed_size, done.size);
     tracing::info!(new = %done.digest, size = done.size, "layer converted");
     Ok(LayerOut {
         media_type: to.oci_layer_media_type().into(),
@@ -462,12 +639,8 @@ async fn build(
     variant: Variant,
 ) -> Result<Digest, OciError> {
     let parsed = manifest::parse(&source.content, Some(&source.media_type))?;
-    if parsed.kind != ManifestKind::Image {
-        return Err(OciError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::Unsupported,
-            "derived images of multi-platform indexes are not supported; use a platform's tag",
-        ));
+    if parsed.kind == ManifestKind::Index {
+        return build_index(reg, repo, &source, &parsed, variant).await;
     }
     let config = parsed.config.clone().ok_or_else(|| {
         OciError::new(
@@ -537,6 +710,79 @@ async fn build(
     .await
 }
 
+/// Derives every image child of an index and stores the new index.
+async fn build_index(
+    reg: &Shared,
+    repo: &RepoName,
+    source: &StoredManifest,
+    parsed: &manifest::ParsedManifest,
+    variant: Variant,
+) -> Result<Digest, OciError> {
+    let jobs = parsed.manifests.iter().map(|child| {
+        let (reg, repo, child) = (reg.clone(), repo.clone(), child.clone());
+        async move {
+            let (r2, repo2, cd) = (reg.clone(), repo.clone(), child.digest.clone());
+            let stored = blocking(move || Ok(r2.meta.manifest_by_digest(&repo2, &cd)?))
+                .await?
+                .ok_or_else(|| {
+                    OciError::new(
+                        StatusCode::NOT_FOUND,
+                        ErrorCode::ManifestUnknown,
+                        format!("child manifest {} of the index is not stored", child.digest),
+                    )
+                })?;
+            if !derivable_image(&stored) {
+                return Ok::<_, OciError>(None);
+            }
+            let m = derive_child(reg, repo, stored, variant).await?;
+            Ok(Some((m.digest, m.content.len() as u64)))
+        }
+    });
+    let children = futures_util::future::try_join_all(jobs).await?;
+    let content = image::rewrite_index(&source.content, &source.digest, variant.name(), &children)
+        .map_err(OciError::from)?;
+    let (r2, repo2) = (reg.clone(), repo.clone());
+    blocking(move || {
+        let parsed = manifest::parse(&content, Some(image::OCI_INDEX))?;
+        let digest = Digest::sha256_of(&content);
+        r2.meta.put_manifest(NewManifest {
+            repo: &repo2,
+            digest: &digest,
+            parsed: &parsed,
+            content: &content,
+            tag: None,
+            tag_options: Default::default(),
+        })?;
+        Ok(digest)
+    })
+    .await
+}
+
+/// [`derive`] for an index's child, boxed as a `Send` future: derive -> build ->
+/// build_index -> derive is a recursive async call, whose future type must be named.
+fn derive_child(
+    reg: Shared,
+    repo: RepoName,
+    source: StoredManifest,
+    variant: Variant,
+) -> futures_util::future::BoxFuture<'static, Result<StoredManifest, OciError>> {
+    Box::pin(async move { derive(&reg, &repo, source, variant).await })
+}
+
+/// An image manifest whose layers are all tar layers (not an attestation or artifact).
+fn derivable_image(m: &StoredManifest) -> bool {
+    match manifest::parse(&m.content, Some(&m.media_type)) {
+        Ok(p) => {
+            p.kind == ManifestKind::Image
+                && !p.layers.is_empty()
+                && p.layers
+                    .iter()
+                    .all(|l| Compression::from_media_type(&l.media_type).is_some())
+        }
+        Err(_) => false,
+    }
+}
+
 async fn convert_all(
     reg: &Shared,
     repo: &RepoName,
@@ -583,6 +829,9 @@ fn squash_blocking(
         let (done, sink) = pipe.finish().map_err(OciError::from)?;
         Ok((done.clone(), done.digest, done.size, sink))
     })?;
+    reg.metrics
+        .transcode
+        .layer(done.uncompressed_size, done.size);
     let new_config = image::squash_config(config, &done.diff_id, source).map_err(OciError::from)?;
     let config_digest = Digest::sha256_of(&new_config);
     let config_len = new_config.len() as u64;
@@ -624,6 +873,13 @@ async fn squash_archive_inner(reg: &Shared, rest: &str) -> Result<Response, OciE
     let tag = Tag::parse(tag)?;
     let m = resolve(reg, &repo, &tag, Variant::Squash).await?;
     let parsed = manifest::parse(&m.content, Some(&m.media_type))?;
+    if parsed.kind == ManifestKind::Index {
+        return Err(OciError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Unsupported,
+            format!("{repo}:{tag} is a multi-platform index; a docker-load archive holds one image: use a platform's tag"),
+        ));
+    }
     let (config, layer) = match (parsed.config, parsed.layers.first()) {
         (Some(c), Some(l)) => (c, l.clone()),
         _ => {

@@ -127,7 +127,7 @@ impl Registry {
             meta.delete_upload(id)?;
         }
         let uploads = uploads::Sessions::new(config.upload_sessions_max);
-        let derived = derived::Derived::new(config.transcoder.clone());
+        let derived = derived::Derived::new(config.transcoder.clone(), blobs.root());
         Ok(Registry {
             config,
             blobs,

@@ -33,6 +33,8 @@ pub struct Metrics {
     blobs_corrupt: AtomicU64,
     /// GC, expiry and retention counters (rendered by [`crate::api::LifecycleMetrics`]).
     pub lifecycle: crate::api::LifecycleMetrics,
+    /// Derived-image counters (rendered by [`crate::derived::DerivedMetrics`]).
+    pub transcode: crate::derived::DerivedMetrics,
     /// Blob bytes by where they came from: local disk, peers, the upstream (see
     /// [`crate::source::Origin`]).
     source_bytes: [Arc<AtomicU64>; 3],
@@ -163,6 +165,7 @@ impl Metrics {
             self.blobs_corrupt.load(Ordering::Relaxed),
         );
         self.lifecycle.render(&mut out);
+        self.transcode.render(&mut out);
         out.push_str("# HELP berth_blob_bytes_total Blob bytes by source: served from local disk, received from peers or from the upstream.\n# TYPE berth_blob_bytes_total counter\n");
         for origin in [
             crate::source::Origin::Local,

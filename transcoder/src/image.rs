@@ -8,6 +8,8 @@ use crate::TranscodeError;
 
 /// OCI manifest media type (derived images are always OCI manifests).
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index media type (derived indexes are always OCI indexes).
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// OCI config media type.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Docker config media type, which an OCI manifest's config is renamed from.
@@ -108,6 +110,49 @@ pub fn rewrite_manifest(
         .or_insert_with(|| json!({}))
         .as_object_mut()
         .ok_or_else(|| bad("manifest annotations are not an object"))?;
+    ann.insert(ANNOTATION_SOURCE.into(), json!(source_digest.to_string()));
+    ann.insert(ANNOTATION_TRANSFORM.into(), json!(transform));
+    serde_json::to_vec(&Value::Object(m)).map_err(|e| bad(e.to_string()))
+}
+
+/// An OCI index like `source` (an OCI index or Docker manifest list) in which child `i` is
+/// replaced by `children[i]` (`Some((digest, size))` of its derived OCI manifest) or kept
+/// as it is (`None`). Platforms and annotations of every child, and the index's own
+/// annotations, are kept; the derivation annotations are added.
+pub fn rewrite_index(
+    source: &[u8],
+    source_digest: &Digest,
+    transform: &str,
+    children: &[Option<(Digest, u64)>],
+) -> Result<Vec<u8>, TranscodeError> {
+    let mut m = object(source, "index")?;
+    let manifests = m
+        .get_mut("manifests")
+        .and_then(|l| l.as_array_mut())
+        .ok_or_else(|| bad("index has no manifests"))?;
+    if manifests.len() != children.len() {
+        return Err(bad(format!(
+            "index has {} children, {} derived",
+            manifests.len(),
+            children.len()
+        )));
+    }
+    for (desc, new) in manifests.iter_mut().zip(children) {
+        let Some((digest, size)) = new else { continue };
+        let d = desc
+            .as_object_mut()
+            .ok_or_else(|| bad("index child is not an object"))?;
+        d.insert("mediaType".into(), json!(OCI_MANIFEST));
+        d.insert("digest".into(), json!(digest.to_string()));
+        d.insert("size".into(), json!(size));
+    }
+    m.insert("schemaVersion".into(), json!(2));
+    m.insert("mediaType".into(), json!(OCI_INDEX));
+    let ann = m
+        .entry("annotations")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| bad("index annotations are not an object"))?;
     ann.insert(ANNOTATION_SOURCE.into(), json!(source_digest.to_string()));
     ann.insert(ANNOTATION_TRANSFORM.into(), json!(transform));
     serde_json::to_vec(&Value::Object(m)).map_err(|e| bad(e.to_string()))

@@ -10,7 +10,9 @@
 //!   bytes come from and go to (the registry writes into a storage `UploadWriter`).
 //! - One decode and one encode pass per layer: the compressed output's digest and the
 //!   uncompressed stream's digest (the diff_id) are computed in that same pass.
-//! - Memory is bounded by configuration, not by layer size: a copy buffer of
+//! - Decoding runs on its own thread ([`copy_threaded`]), handing [`COPY_BUFFER_SIZE`]
+//!   buffers to the encoding thread through a queue of [`DECODE_AHEAD`].
+//! - Memory is bounded by configuration, not by layer size: `DECODE_AHEAD + 2` buffers of
 //!   [`COPY_BUFFER_SIZE`], `threads` gzip blocks of `gzip_block_size` in flight twice over,
 //!   and zstd's own per-worker windows.
 //! - Decompression is bounded ([`TranscoderConfig::expansion_limit`]): a zip bomb fails with
@@ -28,7 +30,7 @@ use std::io::{self, Read, Write};
 use berth_oci::Digest;
 
 pub use codec::ParGzEncoder;
-pub use pipeline::{decoder, Decoder, EncodePipeline, Transcoded};
+pub use pipeline::{copy_threaded, decoder, Decoder, EncodePipeline, Transcoded, DECODE_AHEAD};
 
 /// Size of the buffer bytes are copied through between decoder and encoder.
 pub const COPY_BUFFER_SIZE: usize = 1 << 20;
@@ -240,7 +242,7 @@ pub fn transcode<R: Read + Send, W: Write>(
     let limit = config.expansion_limit(input_len);
     let mut decoded = pipeline::decoder(from, input, limit)?;
     let mut pipe = EncodePipeline::new(config, to, output)?;
-    pipe.copy_from(&mut decoded)?;
+    pipeline::copy_threaded(&mut decoded, &mut pipe)?;
     let (done, out) = pipe.finish()?;
     if let Some(expected) = diff_id {
         if &done.diff_id != expected {

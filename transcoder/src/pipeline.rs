@@ -1,8 +1,16 @@
 //! The two halves of a transcode: a bounded decoder that classifies its failures, and an
 //! encode pipeline that hashes the uncompressed stream (diff_id) and the compressed output
 //! (digest) in the same pass that compresses it.
+//!
+//! [`copy_threaded`] runs the decoder on a thread of its own and hands whole buffers to the
+//! encoding thread through a bounded queue ([`DECODE_AHEAD`] buffers), the way a shell pipe
+//! `pigz -dc | zstd -T0` gives the decompressor its own core. Single-member gzip inflate is
+//! inherently sequential (~150 MB/s here), so without this the thread that inflates also had
+//! to feed zstd's workers and hash both streams, and gzip → zstd ran at 0.59× the pipe
+//! (docs/benchmarks.md).
 
 use std::io::{self, BufReader, Read, Write};
+use std::sync::mpsc::sync_channel;
 
 use berth_oci::{Algorithm, Digest, Hasher};
 
@@ -104,6 +112,76 @@ impl Read for Decoder<'_> {
         self.remaining -= n as u64;
         Ok(n)
     }
+}
+
+/// Decoded buffers queued between the decode thread and the encoding thread. Memory:
+/// `(DECODE_AHEAD + 2) × COPY_BUFFER_SIZE` (queued, one being filled, one being encoded).
+pub const DECODE_AHEAD: usize = 4;
+
+/// Copies all of `input` into `pipe`, decoding on a scoped thread `berth-decode` while the
+/// calling thread hashes and encodes. Buffers are recycled, so a layer of any size uses
+/// `DECODE_AHEAD + 2` buffers. A decode failure wins over the write failure it causes.
+pub fn copy_threaded<W: Write>(
+    input: &mut Decoder<'_>,
+    pipe: &mut EncodePipeline<W>,
+) -> Result<u64, TranscodeError> {
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(DECODE_AHEAD);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(DECODE_AHEAD + 2);
+    std::thread::scope(|scope| {
+        let decode = std::thread::Builder::new()
+            .name("berth-decode".into())
+            .spawn_scoped(scope, move || -> Result<(), TranscodeError> {
+                loop {
+                    let mut buf = empty_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| vec![0u8; COPY_BUFFER_SIZE]);
+                    buf.resize(COPY_BUFFER_SIZE, 0);
+                    let n = fill(input, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.truncate(n);
+                    if full_tx.send(buf).is_err() {
+                        // The encoder stopped; its error is reported by the caller.
+                        return Ok(());
+                    }
+                }
+            })
+            .map_err(TranscodeError::Encode)?;
+        let mut total = 0u64;
+        let mut written: Result<(), TranscodeError> = Ok(());
+        for buf in full_rx.iter() {
+            if let Err(e) = pipe.write_all(&buf) {
+                written = Err(TranscodeError::Output(e));
+                break;
+            }
+            total += buf.len() as u64;
+            let _ = empty_tx.try_send(buf);
+        }
+        drop(full_rx);
+        let decoded = decode.join().unwrap_or_else(|_| {
+            Err(TranscodeError::Encode(io::Error::other(
+                "decode thread panicked",
+            )))
+        });
+        decoded?;
+        written?;
+        Ok(total)
+    })
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn fill(input: &mut Decoder<'_>, buf: &mut [u8]) -> Result<usize, TranscodeError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(input.classify(e)),
+        }
+    }
+    Ok(n)
 }
 
 struct HashWriter<W> {

@@ -303,3 +303,118 @@ fn squash_applies_whiteouts_opaque_dirs_and_keeps_links() -> Res {
     assert_eq!(got["replaced"].2, b"now a file");
     Ok(())
 }
+
+/// A writer that fails after `left` bytes, like a full disk.
+struct FailingWriter {
+    left: usize,
+}
+
+impl std::io::Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn threaded_decode_reports_the_failure_of_the_side_that_failed() {
+    // Decoding runs on its own thread: a corrupt input must still be `Corrupt` (not the
+    // "encoder stopped" it causes), and a failing output `Output` (the decode thread stops).
+    let raw = sample_tar(3, 12 << 20);
+    let gz = encode(Compression::Gzip, &raw);
+    let mut cut = gz[..gz.len() * 2 / 3].to_vec();
+    let mid = cut.len() / 2;
+    cut[mid..mid + 64].fill(0x55);
+    let cfg = TranscoderConfig::default();
+    let bad_input = transcode(
+        &cfg,
+        Compression::Gzip,
+        Compression::Zstd,
+        &cut[..],
+        cut.len() as u64,
+        None,
+        Vec::new(),
+    );
+    assert!(
+        matches!(
+            bad_input,
+            Err(TranscodeError::Corrupt { format: "gzip", .. })
+        ),
+        "{bad_input:?}"
+    );
+    for to in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let full_disk = transcode(
+            &cfg,
+            Compression::Gzip,
+            to,
+            &gz[..],
+            gz.len() as u64,
+            None,
+            FailingWriter { left: 1_000 },
+        );
+        assert!(
+            matches!(full_disk, Err(TranscodeError::Output(_))),
+            "{to:?}: {:?}",
+            full_disk.err()
+        );
+    }
+}
+
+#[test]
+fn an_index_keeps_platforms_and_annotations_and_replaces_only_derived_children() -> Res {
+    use berth_transcoder::image::{rewrite_index, OCI_INDEX, OCI_MANIFEST};
+    let docker_child = "application/vnd.docker.distribution.manifest.v2+json";
+    let a = Digest::sha256_of(b"amd64");
+    let b = Digest::sha256_of(b"arm64");
+    let att = Digest::sha256_of(b"attestation");
+    let source = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [
+            {"mediaType": docker_child, "digest": a.to_string(), "size": 10,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": docker_child, "digest": b.to_string(), "size": 11,
+             "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"},
+             "annotations": {"x": "y"}},
+            {"mediaType": OCI_MANIFEST, "digest": att.to_string(), "size": 12,
+             "platform": {"architecture": "unknown", "os": "unknown"}},
+        ],
+        "annotations": {"org.example": "kept"},
+    });
+    let bytes = serde_json::to_vec(&source)?;
+    let src_digest = Digest::sha256_of(&bytes);
+    let (na, nb) = (Digest::sha256_of(b"new a"), Digest::sha256_of(b"new b"));
+    let out = rewrite_index(
+        &bytes,
+        &src_digest,
+        "zstd",
+        &[Some((na.clone(), 100)), Some((nb.clone(), 200)), None],
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out)?;
+    assert_eq!(v["mediaType"], OCI_INDEX);
+    let m = &v["manifests"];
+    assert_eq!(m[0]["digest"], na.to_string());
+    assert_eq!(m[0]["size"], 100);
+    assert_eq!(m[0]["mediaType"], OCI_MANIFEST);
+    assert_eq!(m[0]["platform"], source["manifests"][0]["platform"]);
+    assert_eq!(m[1]["digest"], nb.to_string());
+    assert_eq!(m[1]["platform"], source["manifests"][1]["platform"]);
+    assert_eq!(m[1]["annotations"], source["manifests"][1]["annotations"]);
+    assert_eq!(m[2], source["manifests"][2], "a kept child is unchanged");
+    assert_eq!(v["annotations"]["org.example"], "kept");
+    assert_eq!(
+        v["annotations"]["io.berth.derived.from"],
+        src_digest.to_string()
+    );
+    assert_eq!(v["annotations"]["io.berth.derived.transform"], "zstd");
+    // A child count that does not match is refused, not silently misaligned.
+    assert!(rewrite_index(&bytes, &src_digest, "zstd", &[None]).is_err());
+    Ok(())
+}

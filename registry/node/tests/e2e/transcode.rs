@@ -639,8 +639,30 @@ fn containerd_pulls_and_unpacks_the_zstd_image_like_the_original() -> Res {
     diff(&trees[0], &trees[1], "containerd's zstd image")
 }
 
-/// The docker daemon pulls both recompressed variants and recomputes the same diff_ids
-/// (measured: Debian's docker 20.10.24 reads zstd layers too).
+/// The file tree docker unpacks for `image`: `docker create` + `docker export`, extracted.
+fn docker_tree(image: &str, dir: &Path) -> Res<BTreeMap<String, String>> {
+    let out = run(Command::new("docker").args(["create", image]))?;
+    let id = String::from_utf8(out.stdout)?.trim().to_owned();
+    let archive = dir.with_extension("tar");
+    let exported = run(Command::new("docker")
+        .args(["export", "-o"])
+        .arg(&archive)
+        .arg(&id));
+    let _ = run(Command::new("docker").args(["rm", "-f", &id]));
+    exported?;
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir))?;
+    tree(dir)
+}
+
+/// The docker daemon pulls both recompressed variants, recomputes the same diff_ids
+/// (measured: Debian's docker 20.10.24 reads zstd layers too) and unpacks the same tree as
+/// from the original (compared through `docker export`, which adds the same /etc/hosts,
+/// /dev, ... to both).
 #[test]
 fn docker_pulls_the_gzip_and_zstd_variants_with_unchanged_diff_ids() -> Res {
     if !require_client("docker") {
@@ -653,9 +675,14 @@ fn docker_pulls_the_gzip_and_zstd_variants_with_unchanged_diff_ids() -> Res {
     let refs = [format!("{base}--berth-gzip"), format!("{base}--berth-zstd")];
     let _cleanup = PulledCleanup {
         ctr: None,
-        docker: refs.to_vec(),
+        docker: [base.clone()].into_iter().chain(refs.clone()).collect(),
     };
-    for r in &refs {
+    run(Command::new("docker").args(["pull", "--quiet", &base]))?;
+    let original = docker_tree(&base, &tmp.path().join("original"))?;
+    if !original.contains_key("etc/a") || original.contains_key("etc/gone") {
+        return Err(fail(format!("docker unpacked {original:?}")));
+    }
+    for (i, r) in refs.iter().enumerate() {
         run(Command::new("docker").args(["pull", "--quiet", r]))?;
         let out = run(Command::new("docker").args([
             "image",
@@ -670,6 +697,325 @@ fn docker_pulls_the_gzip_and_zstd_variants_with_unchanged_diff_ids() -> Res {
                 "docker's diff_ids of {r}: {layers:?}, want {diff_ids:?}"
             )));
         }
+        let derived = docker_tree(r, &tmp.path().join(format!("derived{i}")))?;
+        diff(&original, &derived, &format!("docker's {r}"))?;
+    }
+    Ok(())
+}
+
+/// `berth_<name> <value>` from `/metrics`.
+fn metric(node: &Node, name: &str) -> Res<u64> {
+    let resp = node
+        .request("GET", "/metrics", &[], b"")?
+        .expect_status(200, "/metrics")?;
+    let text = String::from_utf8(resp.body)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| fail(format!("no {name} in /metrics:\n{text}")))
+}
+
+#[test]
+fn derived_images_are_built_once_and_survive_a_restart_without_converting_again() -> Res {
+    let tmp = TempDir::new()?;
+    let data = tmp.path().join("data");
+    let mut node = Node::start(&data)?;
+    let repo = "e2e/restart";
+    push_image(&node, repo)?;
+    // Single flight: concurrent first requests share one build (2 layers converted once).
+    let digests = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| -> Res<String> {
+                    let resp = node.get_manifest(repo, "v1--berth-zstd")?;
+                    let resp = resp.expect_status(200, "concurrent derived request")?;
+                    Ok(resp.require_header("docker-content-digest")?.to_owned())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| fail("request thread panicked"))?)
+            .collect::<Res<Vec<String>>>()
+    })?;
+    if digests.iter().any(|d| *d != digests[0]) {
+        return Err(fail(format!("concurrent requests got {digests:?}")));
+    }
+    if metric(&node, "berth_transcode_layers_total")? != 2 {
+        return Err(fail(format!(
+            "4 concurrent requests converted {} layers, want 2",
+            metric(&node, "berth_transcode_layers_total")?
+        )));
+    }
+    let mut served = Vec::new();
+    for r in ["v1--berth-zstd", "v1--berth-squash"] {
+        let resp = node.get_manifest(repo, r)?.expect_status(200, r)?;
+        served.push((
+            r,
+            resp.require_header("docker-content-digest")?.to_owned(),
+            resp.body,
+        ));
+    }
+    // Two layers converted to zstd, one squashed layer.
+    if metric(&node, "berth_transcode_layers_total")? != 3 {
+        return Err(fail(format!("before the restart:\n{}", node.log_text())));
+    }
+    node.terminate(Duration::from_secs(30))?;
+
+    let node = Node::start(&data)?;
+    for (r, digest, body) in &served {
+        let resp = node.get_manifest(repo, r)?.expect_status(200, r)?;
+        if resp.header("docker-content-digest") != Some(digest.as_str()) || resp.body != *body {
+            return Err(fail(format!("{r} after the restart: {}", resp.describe())));
+        }
+    }
+    let converted = metric(&node, "berth_transcode_layers_total")?;
+    let built = metric(&node, "berth_derived_manifests_built_total")?;
+    if converted != 0 || built != 0 {
+        return Err(fail(format!(
+            "after the restart {converted} layers were converted and {built} manifests built again"
+        )));
+    }
+    // The docker-load archive is served from the same cached squash.
+    node.request("GET", &format!("/berth/v1/squash/{repo}/v1"), &[], b"")?
+        .expect_status(200, "squash archive after the restart")?;
+    if metric(&node, "berth_transcode_layers_total")? != 0 {
+        return Err(fail("the squash archive squashed again after the restart"));
+    }
+    Ok(())
+}
+
+/// Pushes a one-layer image for `arch` (by digest); returns its descriptor and diff_id.
+fn push_platform_image(node: &Node, repo: &str, arch: &str) -> Res<(Value, String)> {
+    let raw = layer(&[
+        E::Dir("etc"),
+        E::File("etc/arch", arch.as_bytes().to_vec(), 0o644),
+        E::File("bin/tool", Rng::from_clock().bytes(300 << 10), 0o755),
+        E::Link("bin/tool-link", "bin/tool"),
+    ])?;
+    let diff_id = sha256_digest(&raw);
+    let gz = gzip(&raw)?;
+    let ld = node.push_blob(repo, &gz)?;
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch, "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))?;
+    let cd = node.push_blob(repo, &config)?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": gz.len()}],
+    }))?;
+    let md = sha256_digest(&manifest);
+    node.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{md}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &manifest,
+    )?
+    .expect_status(201, "PUT platform manifest")?;
+    let desc = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+        "size": manifest.len(), "platform": {"architecture": arch, "os": "linux"},
+        "annotations": {"org.example.arch": arch}});
+    Ok((desc, diff_id))
+}
+
+#[test]
+fn a_multi_platform_index_derives_every_platform_and_keeps_the_rest() -> Res {
+    let tmp = TempDir::new()?;
+    let node = Node::start(&tmp.path().join("data"))?;
+    let repo = "e2e/multi";
+    let (amd, amd_diff) = push_platform_image(&node, repo, "amd64")?;
+    let (arm, arm_diff) = push_platform_image(&node, repo, "arm64")?;
+    // An attestation-like child (not a tar layer): kept as it is.
+    let statement = br#"{"_type":"https://in-toto.io/Statement/v0.1"}"#;
+    let sd = node.push_blob(repo, statement)?;
+    let att_config =
+        br#"{"architecture":"unknown","os":"unknown","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let acd = node.push_blob(repo, att_config)?;
+    let att = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": acd, "size": att_config.len()},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": sd, "size": statement.len()}],
+    }))?;
+    let att_digest = sha256_digest(&att);
+    node.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{att_digest}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &att,
+    )?
+    .expect_status(201, "PUT attestation")?;
+    let att_desc = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": att_digest, "size": att.len(),
+        "platform": {"architecture": "unknown", "os": "unknown"}});
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [amd, arm, att_desc], "annotations": {"org.example.kept": "yes"},
+    }))?;
+    node.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/v1"),
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        &index,
+    )?
+    .expect_status(201, "PUT index")?;
+
+    let resp = node
+        .get_manifest(repo, "v1--berth-zstd")?
+        .expect_status(200, "derived index")?;
+    if resp.header("content-type") != Some("application/vnd.oci.image.index.v1+json") {
+        return Err(fail(format!("derived index: {}", resp.describe())));
+    }
+    let derived: Value = serde_json::from_slice(&resp.body)?;
+    let children = derived["manifests"].as_array().cloned().unwrap_or_default();
+    let source_children = [&amd, &arm, &att_desc];
+    if children.len() != 3 || derived["annotations"]["org.example.kept"] != "yes" {
+        return Err(fail(format!("derived index {derived}")));
+    }
+    for (i, (child, want_diff)) in children.iter().zip([&amd_diff, &arm_diff]).enumerate() {
+        let src = source_children[i];
+        if child["platform"] != src["platform"]
+            || child["annotations"] != src["annotations"]
+            || child["digest"] == src["digest"]
+        {
+            return Err(fail(format!("child {i}: {child} from {src}")));
+        }
+        let m = node
+            .get_manifest(repo, str_field(child, "digest")?)?
+            .expect_status(200, "derived child")?;
+        let m: Value = serde_json::from_slice(&m.body)?;
+        let l = &m["layers"][0];
+        if l["mediaType"] != "application/vnd.oci.image.layer.v1.tar+zstd" {
+            return Err(fail(format!("child {i} layer {l}")));
+        }
+        let blob = node
+            .request(
+                "GET",
+                &format!("/v2/{repo}/blobs/{}", str_field(l, "digest")?),
+                &[],
+                b"",
+            )?
+            .expect_status(200, "derived layer")?;
+        if zstd_diff_id(&blob.body)? != *want_diff {
+            return Err(fail(format!(
+                "child {i}: the zstd layer is not the original tar"
+            )));
+        }
+    }
+    if children[2] != att_desc {
+        return Err(fail(format!(
+            "the attestation child changed: {}",
+            children[2]
+        )));
+    }
+
+    // Real clients: skopeo copies every platform (verifying each digest), podman unpacks the
+    // arm64 platform of both indexes to the same tree.
+    if require_client("skopeo") {
+        skopeo_copy(
+            &format!("docker://{}/{repo}:v1--berth-zstd", node.host()),
+            &format!("oci:{}:v1", tmp.path().join("all").display()),
+            true,
+        )?;
+    }
+    if require_client("podman") {
+        let state = tmp.path().join("podman");
+        let mut trees = Vec::new();
+        for r in ["v1", "v1--berth-zstd"] {
+            let image = format!("{}/{repo}:{r}", node.host());
+            run(podman(&state).args([
+                "pull",
+                "--quiet",
+                "--tls-verify=false",
+                "--arch",
+                "arm64",
+                &image,
+            ]))?;
+            trees.push(podman_tree(&state, &image)?);
+        }
+        if !trees[0]
+            .get("etc/arch")
+            .is_some_and(|d| d.contains(&sha256_hex(b"arm64")))
+        {
+            return Err(fail(format!("podman unpacked {:?}", trees[0])));
+        }
+        diff(&trees[0], &trees[1], "arm64 of the zstd index")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn offline_transcode_converts_every_platform_of_an_index() -> Res {
+    let tmp = TempDir::new()?;
+    let mut rng = Rng::from_clock();
+    let src = Layout::create(&tmp.path().join("src"))?;
+    let images = [
+        src.build_image(&mut rng, "amd64", 2, 200 << 10)?,
+        src.build_image(&mut rng, "arm64", 1, 200 << 10)?,
+    ];
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [images[0].descriptor(Some("amd64")), images[1].descriptor(Some("arm64"))],
+        "annotations": {"org.example.kept": "yes"},
+    }))?;
+    let index_digest = src.put(&index)?;
+    src.tag(
+        &json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index.len()}),
+        "v1",
+    )?;
+    let out = tmp.path().join("out");
+    run(Command::new(berth_bin())
+        .args(["transcode", "--to", "zstd"])
+        .arg(&src.dir)
+        .arg(&out)
+        .env_remove("BERTH_CONFIG"))?;
+
+    let desc = tagged_descriptor(&out, "v1")?;
+    let new_index: Value = serde_json::from_slice(&read_blob(&out, str_field(&desc, "digest")?)?)?;
+    if desc["mediaType"] != "application/vnd.oci.image.index.v1+json"
+        || new_index["annotations"]["org.example.kept"] != "yes"
+        || new_index["annotations"]["io.berth.derived.from"] != json!(index_digest)
+    {
+        return Err(fail(format!("converted index {desc} {new_index}")));
+    }
+    let children = new_index["manifests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if children.len() != 2 {
+        return Err(fail(format!("converted index {new_index}")));
+    }
+    for ((child, image), arch) in children.iter().zip(&images).zip(["amd64", "arm64"]) {
+        if child["platform"]["architecture"] != arch {
+            return Err(fail(format!("child {child}, want {arch}")));
+        }
+        let m: Value = serde_json::from_slice(&read_blob(&out, str_field(child, "digest")?)?)?;
+        let layers = m["layers"].as_array().cloned().unwrap_or_default();
+        if layers.len() != image.layers.len() {
+            return Err(fail(format!("{arch}: {m}")));
+        }
+        for (l, original) in layers.iter().zip(&image.layers) {
+            let blob = read_blob(&out, str_field(l, "digest")?)?;
+            if l["mediaType"] != "application/vnd.oci.image.layer.v1.tar+zstd"
+                || zstd_diff_id(&blob)? != original.diff_id
+            {
+                return Err(fail(format!(
+                    "{arch}: layer {l} is not the zstd form of {}",
+                    original.diff_id
+                )));
+            }
+        }
+    }
+    // skopeo verifies every digest of every platform while copying.
+    if require_client("skopeo") {
+        skopeo_copy(
+            &format!("oci:{}:v1", out.display()),
+            &format!("oci:{}:v1", tmp.path().join("copied").display()),
+            true,
+        )?;
     }
     Ok(())
 }
