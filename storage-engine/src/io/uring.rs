@@ -33,6 +33,9 @@ const OP_LEN_MAX: usize = 1 << 30;
 /// Attempts at `io_uring_enter` after a non-transient error before giving up.
 const ENTER_RETRIES_MAX: u32 = 100;
 
+/// Whether a failed ring creation was logged already.
+static RING_SETUP_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 thread_local! {
     /// This thread's ring, created on first use. `None` after a failed creation too (the
     /// caller then falls back to std for this call; creation is retried next time).
@@ -162,7 +165,10 @@ fn with_ring<T>(f: impl FnOnce(&mut IoUring) -> Result<T, ExecError>) -> Option<
             None => match IoUring::new(RING_ENTRIES) {
                 Ok(ring) => slot.insert(ring),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot create an io_uring on this thread; using std I/O for this call");
+                    // Once per process: a locked-memory limit would otherwise log per call.
+                    if !RING_SETUP_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "cannot create an io_uring on a thread; that thread uses std I/O until one can be created");
+                    }
                     return None;
                 }
             },
