@@ -45,6 +45,12 @@ fn io_engine_flag_is_logged_and_both_engines_serve_and_check_blobs() -> Res {
         let mut node = Node::start_with(&data_dir, &["--io-engine".into(), engine.into()])?;
         let log = node.log_text();
         assert_eq!(logged_engine(&log).as_deref(), Some(engine), "log:\n{log}");
+        let metrics = node
+            .request("GET", "/metrics", &[], b"")?
+            .expect_status(200, "metrics")?;
+        let metrics = String::from_utf8_lossy(&metrics.body);
+        let gauge = format!("berth_io_engine{{engine=\"{engine}\"}} 1");
+        assert!(metrics.contains(&gauge), "{gauge} missing:\n{metrics}");
 
         let blob = rng.bytes((3 << 20) + 77);
         let digest = node.push_blob("e2e/engine", &blob)?;
