@@ -67,7 +67,7 @@ pub enum IoEngine {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// `io_uring` was forced but the probe failed.
-    #[error("io_engine = \"io_uring\" was requested, but io_uring is unavailable here: {0} (use io_engine = \"auto\" or \"std\")")]
+    #[error("io_engine = \"io_uring\" was requested, but io_uring is unavailable here (use io_engine = \"auto\" or \"std\")")]
     Unavailable(#[source] io::Error),
 }
 

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use tempfile::TempDir;
 
-use crate::support::{berth_bin, Node, Res, Rng};
+use crate::support::{berth_bin, fail, require_client, run, unique_token, Node, Res, Rng};
 
 /// The engine named by the start-up log line `main.rs::install_io_engine` writes.
 fn logged_engine(log: &str) -> Option<String> {
@@ -114,5 +114,108 @@ fn io_engine_default_follows_the_environment_and_bad_values_are_refused() -> Res
         stderr.contains("expected auto, io_uring or std"),
         "stderr:\n{stderr}"
     );
+    Ok(())
+}
+
+/// A container whose seccomp profile denies the io_uring system calls (as some runtimes'
+/// profiles do): `auto` falls back to std with a WARN naming the reason, a forced `io_uring`
+/// refuses to start, for both `EPERM` and `ENOSYS`. The image is the `berth` binary and the
+/// libraries `ldd` names, imported into the local Docker daemon (no registry needed).
+#[test]
+fn io_engine_falls_back_when_seccomp_denies_io_uring() -> Res {
+    if !require_client("docker") {
+        return Ok(());
+    }
+    let tmp = TempDir::new()?;
+    let root = tmp.path().join("rootfs");
+    std::fs::create_dir_all(root.join("data"))?;
+    std::fs::copy(berth_bin(), root.join("berth"))?;
+    let ldd = run(Command::new("ldd").arg(berth_bin()))?;
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().ok_or_else(|| fail("library path"))?)?;
+        std::fs::copy(lib, &to)?;
+    }
+    let image = format!("berth-e2e-seccomp:{}", unique_token());
+    let rootfs_tar = tmp.path().join("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&rootfs_tar)
+        .arg("."))?;
+    run(Command::new("docker")
+        .arg("import")
+        .arg(&rootfs_tar)
+        .arg(&image))?;
+    let _remove = RemoveImage(image.clone());
+    seccomp_cases(tmp.path(), &image)
+}
+
+/// Removes the test's image when the test ends, whether it passed, failed or panicked.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn seccomp_cases(dir: &std::path::Path, image: &str) -> Res {
+    for (errno, reason) in [
+        (1, "Operation not permitted"),
+        (38, "Function not implemented"),
+    ] {
+        let profile = dir.join(format!("seccomp-{errno}.json"));
+        std::fs::write(
+            &profile,
+            format!(
+                r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{{"names":["io_uring_setup","io_uring_enter","io_uring_register"],"action":"SCMP_ACT_ERRNO","errnoRet":{errno}}}]}}"#
+            ),
+        )?;
+        let scrub = |engine: &str| -> Res<std::process::Output> {
+            Ok(Command::new("docker")
+                .args(["run", "--rm", "--network", "none", "--security-opt"])
+                .arg(format!("seccomp={}", profile.display()))
+                .args([
+                    image,
+                    "/berth",
+                    "scrub",
+                    "--data-dir",
+                    "/data",
+                    "--io-engine",
+                    engine,
+                ])
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .output()?)
+        };
+        let auto = scrub("auto")?;
+        let log = strip_ansi(&String::from_utf8_lossy(&auto.stderr));
+        assert!(auto.status.success(), "errno {errno}, auto:\n{log}");
+        assert!(
+            log.contains("io_uring is unavailable; falling back to std") && log.contains(reason),
+            "errno {errno}: no WARN naming the reason:\n{log}"
+        );
+        assert_eq!(logged_engine(&log).as_deref(), Some("std"), "{log}");
+
+        let forced = scrub("io_uring")?;
+        let err = strip_ansi(&String::from_utf8_lossy(&forced.stderr));
+        assert!(
+            !forced.status.success(),
+            "errno {errno}: forced io_uring started:\n{err}"
+        );
+        assert!(
+            err.contains("io_uring is unavailable here") && err.contains(reason),
+            "errno {errno}: unclear start-up error:\n{err}"
+        );
+    }
     Ok(())
 }
