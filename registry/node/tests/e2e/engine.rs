@@ -1,5 +1,7 @@
-//! The blob I/O engine (issue 4): chosen at start-up, logged, forceable; both engines serve
-//! the same bytes, and a read through either catches a flipped byte.
+//! The blob I/O engine (issue 4): chosen at start-up, logged (and in `/metrics`), forceable;
+//! both engines serve the same bytes, a read through either catches a flipped byte, and
+//! where a seccomp profile denies io_uring, `auto` falls back to std and a forced `io_uring`
+//! refuses to start.
 
 use std::process::{Command, Stdio};
 
