@@ -156,7 +156,8 @@ unsafe fn execute(
 
 /// Runs `f` with this thread's ring; `None` if no ring can be created on this thread.
 fn with_ring<T>(f: impl FnOnce(&mut IoUring) -> Result<T, ExecError>) -> Option<io::Result<T>> {
-    RING.with(|cell| {
+    // `try_with`: during thread teardown the ring may be gone already; use std then.
+    RING.try_with(|cell| {
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return None; // re-entered (cannot happen: no callbacks run inside); use std
         };
@@ -181,6 +182,8 @@ fn with_ring<T>(f: impl FnOnce(&mut IoUring) -> Result<T, ExecError>) -> Option<
             }
         }
     })
+    .ok()
+    .flatten()
 }
 
 fn to_io(result: i32) -> io::Result<usize> {
