@@ -69,6 +69,27 @@ fn blob_put_get(c: &mut Criterion) {
                 blob.file.read_exact(&mut buf).expect("read");
             })
         });
+        // The chunk-index cache (issue 4): `open_verified` takes crcs from memory after the
+        // first open; `open_blob` + `read_index` is what every open cost before the cache.
+        g.bench_with_input(
+            BenchmarkId::new("open_verified_cached", size),
+            &digest,
+            |b, digest| b.iter(|| store.open_verified(digest).expect("open").expect("exists")),
+        );
+        g.bench_with_input(
+            BenchmarkId::new("open_and_read_index_uncached", size),
+            &digest,
+            |b, digest| {
+                b.iter(|| {
+                    let blob = store.open_blob(digest).expect("open").expect("exists");
+                    let index = store.read_index(digest).expect("index").expect("exists");
+                    assert_eq!(
+                        index.len() as u64,
+                        blob.len.div_ceil(berth_storage::CHUNK_SIZE)
+                    );
+                })
+            },
+        );
         g.bench_with_input(
             BenchmarkId::new("verify_crc", size),
             &digest,

@@ -199,6 +199,11 @@ impl Metrics {
             self.upload_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "berth_upload_duration_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP berth_io_engine The blob I/O engine in use (issue 4).\n# TYPE berth_io_engine gauge\nberth_io_engine{{engine=\"{}\"}} 1",
+            berth_storage::io::default_engine().as_str()
+        );
         if let Some(extra) = self.extra.get() {
             extra(&mut out);
         }

@@ -17,14 +17,16 @@
 mod blob;
 mod chunks;
 pub mod gc;
+mod index_cache;
+pub mod io;
 pub mod locks;
 pub mod meta;
 pub mod retention;
 mod upload;
-mod writeback;
 
 pub use blob::{BlobFile, BlobStore, ScrubReport, StorageError, VerifiedBlob};
 pub use chunks::{ChunkHasher, ChunkIndex, CHUNK_SIZE};
+pub use io::{IoEngine, IoEngineChoice};
 pub use meta::sqlite::SqliteMetadata;
 pub use meta::{MetaError, MetadataStore};
 pub use upload::{StreamError, UploadId, UploadWriter};

@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Bandwidth cap in MiB/s for blob responses and for peer/upstream fetches.
     #[arg(long, env = "BERTH_RATE_LIMIT_MBPS")]
     pub rate_limit_mbps: Option<f64>,
+    /// Disk I/O engine for blobs: auto (io_uring if available, else std), io_uring (or fail
+    /// at start-up) or std; replaces `[storage] io_engine`.
+    #[arg(long, env = "BERTH_IO_ENGINE")]
+    pub io_engine: Option<berth_storage::IoEngineChoice>,
     /// Test only: serve corrupt bytes on ranged blob reads (a lying peer).
     #[arg(long = "p2p-liar", hide = true)]
     pub p2p_liar: bool,
@@ -86,6 +90,17 @@ pub struct NodeConfig {
     pub bittorrent: crate::bittorrent::BitTorrentConfig,
     /// The peer layer (`[p2p]`; off unless `listen` is set).
     pub p2p: crate::p2p::P2pConfig,
+    /// Blob storage (`[storage]`).
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: how blob bytes reach the disk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `auto` (default: io_uring if a probe ring works, else std with a warning),
+    /// `io_uring` (start-up error if unavailable) or `std`.
+    pub io_engine: berth_storage::IoEngineChoice,
 }
 
 impl Default for NodeConfig {
@@ -103,6 +118,7 @@ impl Default for NodeConfig {
             auth: Default::default(),
             bittorrent: Default::default(),
             p2p: Default::default(),
+            storage: Default::default(),
         }
     }
 }
@@ -149,6 +165,9 @@ impl NodeConfig {
             config.p2p.rate_limit_mbps = args.rate_limit_mbps;
         }
         config.p2p.liar |= args.p2p_liar;
+        if let Some(engine) = args.io_engine {
+            config.storage.io_engine = engine;
+        }
         if let Some(listen) = args.bittorrent_listen {
             config.bittorrent.listen = listen;
         }
@@ -204,7 +223,8 @@ mod tests {
         let file = dir.join("berth.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:6000\"\ndata_dir = \"/tmp/x\"\n[registry]\npage_size_max = 5\n",
+            "listen = \"127.0.0.1:6000\"\ndata_dir = \"/tmp/x\"\n[registry]\npage_size_max = 5\n\
+             [storage]\nio_engine = \"std\"\n",
         )?;
         let config = NodeConfig::load(ServeArgs {
             listen: Some("127.0.0.1:7000".parse()?),
@@ -218,12 +238,18 @@ mod tests {
             p2p_listen: Vec::new(),
             p2p_bootstrap: Vec::new(),
             rate_limit_mbps: None,
+            io_engine: Some(berth_storage::IoEngineChoice::IoUring),
             p2p_liar: false,
         })?;
         assert_eq!(config.listen.port(), 7000);
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.registry.page_size_max, 5);
         assert_eq!(config.upstream[0].host.as_deref(), Some("docker.io"));
+        // `--io-engine` (or BERTH_IO_ENGINE) beats `[storage] io_engine`.
+        assert_eq!(
+            config.storage.io_engine,
+            berth_storage::IoEngineChoice::IoUring
+        );
 
         std::fs::write(&file, "lisen = \"127.0.0.1:6000\"\n")?;
         let err = NodeConfig::load(ServeArgs {
@@ -238,6 +264,7 @@ mod tests {
             p2p_listen: Vec::new(),
             p2p_bootstrap: Vec::new(),
             rate_limit_mbps: None,
+            io_engine: None,
             p2p_liar: false,
         })
         .expect_err("typo is refused");

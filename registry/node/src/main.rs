@@ -55,6 +55,9 @@ enum Command {
         /// `quarantine/`, so they are never served and the next push stores a good copy).
         #[arg(long)]
         no_quarantine: bool,
+        /// Disk I/O engine: auto, io_uring or std.
+        #[arg(long, env = "BERTH_IO_ENGINE", default_value = "auto")]
+        io_engine: berth_storage::IoEngineChoice,
     },
     /// Collect garbage in a stopped node's data directory (running node: POST /api/v1/gc).
     Gc(admin::GcArgs),
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = config::NodeConfig::load(args)?;
+            install_io_engine(config.storage.io_engine)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("berth-worker")
@@ -96,13 +100,26 @@ fn main() -> Result<()> {
             data_dir,
             full,
             no_quarantine,
-        } => serve::scrub(&data_dir, full, !no_quarantine),
+            io_engine,
+        } => {
+            install_io_engine(io_engine)?;
+            serve::scrub(&data_dir, full, !no_quarantine)
+        }
         Command::Gc(args) => admin::gc(args),
         Command::Tag { cmd } => admin::tag(cmd),
         Command::Retention(args) => admin::retention(args),
         Command::Admin { cmd } => identity::admin(cmd),
         Command::Fetch(args) => bittorrent::fetch(args),
     }
+}
+
+/// Probes and installs the blob I/O engine for every `BlobStore` this process opens; logs the
+/// choice (a forced `io_uring` that is unavailable is a start-up error).
+fn install_io_engine(choice: berth_storage::IoEngineChoice) -> Result<()> {
+    let engine = berth_storage::IoEngine::select(choice)?;
+    berth_storage::io::set_default(engine);
+    tracing::info!(io_engine = engine.as_str(), configured = ?choice, "blob I/O engine selected");
+    Ok(())
 }
 
 fn install_tracing() {

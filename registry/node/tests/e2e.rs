@@ -21,6 +21,8 @@ mod torrent;
 mod crash;
 #[path = "e2e/docker.rs"]
 mod docker;
+#[path = "e2e/engine.rs"]
+mod engine;
 #[path = "e2e/identity.rs"]
 mod identity;
 #[path = "e2e/lifecycle.rs"]
