@@ -533,6 +533,9 @@ const UPSTREAM_IN_FLIGHT_PEERS: usize = 2;
 const BITS_REFRESH: Duration = Duration::from_millis(400);
 /// How often providers are looked up again during a fetch (nodes that started later).
 const LOOKUP_REFRESH: Duration = Duration::from_secs(2);
+/// Pieces right after the registry's read position that are fetched before rarer ones, so
+/// that the client's in-order stream keeps moving.
+const URGENT_PIECES: usize = 4;
 /// The first re-lookup of a fetch (nodes that started at the same moment have announced).
 const LOOKUP_FIRST: Duration = Duration::from_millis(300);
 /// Holders tracked by one fetch.
@@ -860,13 +863,16 @@ impl PeerSource {
                         }
                     }
                 }
-                let mut wanted: Vec<(u32, u64, usize)> = (0..n)
+                // The next pieces the registry waits for come first (the client's stream
+                // must not stall), then the rarest, random among equals.
+                let next = partial.next_emit();
+                let mut wanted: Vec<(bool, u32, u64, usize)> = (0..n)
                     .filter(|&i| !in_flight[i] && !partial.has(i))
-                    .map(|i| (counts[i], rng.next(), i))
+                    .map(|i| (i >= next + URGENT_PIECES, counts[i], rng.next(), i))
                     .collect();
                 wanted.sort_unstable();
                 // From holders, rarest first.
-                for &(_, _, i) in wanted.iter().filter(|w| w.0 > 0) {
+                for &(_, _, _, i) in wanted.iter().filter(|w| w.1 > 0) {
                     if free == 0 {
                         break;
                     }
@@ -899,7 +905,7 @@ impl PeerSource {
                     in_flight_max
                 };
                 if let Some(base) = &upstream_base {
-                    for &(_, _, i) in wanted.iter().filter(|w| w.0 == 0) {
+                    for &(_, _, _, i) in wanted.iter().filter(|w| w.1 == 0) {
                         if free == 0 || upstream_running >= up_max {
                             break;
                         }
@@ -1056,6 +1062,7 @@ async fn emit(
             Err(e) => Err(e),
         };
         let failed = item.is_err();
+        partial.set_next_emit(i + 1);
         if tx.send(item).await.is_err() || failed {
             p2p.partials.end(&partial.digest);
             return;

@@ -87,6 +87,8 @@ pub struct Partial {
     /// Where each verified piece came from (for `berth_blob_bytes_total{source}`).
     origins: Mutex<Vec<Origin>>,
     have_count: AtomicUsize,
+    /// The next piece the registry reads (pieces in order from here are urgent).
+    next_emit: AtomicUsize,
     /// Woken when a piece lands (or the fetch fails).
     pub landed: tokio::sync::Notify,
     /// Set when the fetch failed: nothing more will land.
@@ -106,6 +108,16 @@ impl Partial {
     /// Verified pieces so far.
     pub fn have_count(&self) -> usize {
         self.have_count.load(Ordering::Acquire)
+    }
+
+    /// The next piece the registry will read.
+    pub fn next_emit(&self) -> usize {
+        self.next_emit.load(Ordering::Acquire)
+    }
+
+    /// Records the registry's read position.
+    pub fn set_next_emit(&self, i: usize) {
+        self.next_emit.store(i, Ordering::Release);
     }
 
     /// Whether every piece is here.
@@ -284,6 +296,7 @@ impl Partials {
             upstream: Mutex::new(vec![false; n]),
             origins: Mutex::new(vec![Origin::Peer; n]),
             have_count: AtomicUsize::new(0),
+            next_emit: AtomicUsize::new(0),
             landed: tokio::sync::Notify::new(),
             failed: AtomicBool::new(false),
         });
