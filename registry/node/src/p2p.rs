@@ -5,7 +5,8 @@
 //! piece SHA-1s from a provider's (or a berth upstream's) `.torrent` endpoint, announces the
 //! digest at once and fetches *different* 1 MiB pieces from several providers as HTTP
 //! `Range` GETs of `/v2/<repo>/blobs/<digest>` ([`P2pConfig::pieces_in_flight`] at a time):
-//! rarest piece first, random among equals, each holder's have-bitfield re-read every
+//! the next [`URGENT_PIECES`] of the registry's in-order read first, then the rarest piece,
+//! random among equals, each holder's have-bitfield re-read every
 //! [`BITS_REFRESH`] from `/berth/v1/pieces/..`, new providers looked up every
 //! [`LOOKUP_REFRESH`]. The upstream is asked only for pieces no holder has and no holder is
 //! taking from it already (holders publish those too), so N cold nodes starting together
@@ -505,6 +506,8 @@ struct Holder {
     failures: u32,
     alive: bool,
     refreshing: bool,
+    /// Whether its bitfield was read at least once.
+    known: bool,
 }
 
 impl Holder {
@@ -536,6 +539,8 @@ const LOOKUP_REFRESH: Duration = Duration::from_secs(2);
 /// Pieces right after the registry's read position that are fetched before rarer ones, so
 /// that the client's in-order stream keeps moving.
 const URGENT_PIECES: usize = 4;
+/// How long a fetch leaves the upstream alone after one of its piece requests failed.
+const UPSTREAM_PAUSE: Duration = Duration::from_millis(500);
 /// The first re-lookup of a fetch (nodes that started at the same moment have announced).
 const LOOKUP_FIRST: Duration = Duration::from_millis(300);
 /// Holders tracked by one fetch.
@@ -807,6 +812,7 @@ impl PeerSource {
                         failures: 0,
                         alive: true,
                         refreshing: false,
+                        known: false,
                     });
                 }
             }
@@ -816,6 +822,7 @@ impl PeerSource {
         let mut in_flight = vec![false; n];
         let mut attempts = vec![0u32; n];
         let mut upstream_running = 0usize;
+        let mut upstream_pause_until = Instant::now();
         let mut running: FuturesUnordered<BoxFuture<'_, Event>> = FuturesUnordered::new();
         // Connected nodes may be starting the same fetch: look again soon, and take few
         // pieces from the upstream until their bitfields are known.
@@ -904,7 +911,11 @@ impl PeerSource {
                 } else {
                     in_flight_max
                 };
-                if let Some(base) = &upstream_base {
+                // Not before every holder's bitfield is known (it may have the piece), and
+                // not while the upstream is failing.
+                let unknown = holders.iter().any(|h| h.alive && !h.known && !banned(h));
+                let upstream_ok = !unknown && Instant::now() >= upstream_pause_until;
+                if let Some(base) = upstream_base.as_ref().filter(|_| upstream_ok) {
                     for &(_, _, _, i) in wanted.iter().filter(|w| w.1 == 0) {
                         if free == 0 || upstream_running >= up_max {
                             break;
@@ -951,6 +962,7 @@ impl PeerSource {
                 Event::Bits(k, bits) => {
                     let h = &mut holders[k];
                     h.refreshing = false;
+                    h.known = true;
                     match bits {
                         Bits::Complete => h.have = None,
                         Bits::Partial { have, upstream } => {
@@ -1018,6 +1030,7 @@ impl PeerSource {
                         (Err(PieceError::NotYet), None) => {}
                         (Err(PieceError::Failed(why)), None) => {
                             tracing::info!(piece = i, error = %why, "upstream piece failed");
+                            upstream_pause_until = Instant::now() + UPSTREAM_PAUSE;
                         }
                     }
                     if attempts[i] > PIECE_ATTEMPTS_MAX {
