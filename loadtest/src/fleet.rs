@@ -19,7 +19,7 @@ use crate::error::{Error, ReqError};
 use crate::scenario::{ensure_image, ids, pull_image};
 use crate::stats::{Live, Recorder};
 use http::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -80,10 +80,13 @@ pub struct FleetArgs {
     /// Pause between all nodes answering and the pull (lets p2p nodes connect).
     #[arg(long, value_parser = crate::config::parse_duration, default_value = "0s")]
     pub settle: Duration,
+    /// A name for this run in reports and plots (e.g. `p2p` or `no-p2p`).
+    #[arg(long, default_value = "")]
+    pub label: String,
 }
 
 /// One node's pull.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeResult {
     /// Node index.
     pub index: usize,
@@ -102,7 +105,7 @@ pub struct NodeResult {
 }
 
 /// Fleet results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FleetReport {
     /// `via-nodes` or `direct`.
     pub mode: String,
@@ -122,7 +125,19 @@ pub struct FleetReport {
     pub origin_egress_bytes: Option<u64>,
     /// `origin_egress_bytes / image_bytes`.
     pub origin_copies: Option<f64>,
+    /// The run's `--label`.
+    #[serde(default)]
+    pub label: String,
+    /// Origin egress since the start of the pull, sampled every [`EGRESS_SAMPLE`]:
+    /// (seconds, bytes).
+    #[serde(default)]
+    pub origin_egress_timeline: Vec<(f64, u64)>,
 }
+
+/// How often the origin's egress counter is sampled during a fleet pull.
+pub const EGRESS_SAMPLE: Duration = Duration::from_millis(250);
+/// Most egress samples kept (10 minutes at [`EGRESS_SAMPLE`]).
+const EGRESS_SAMPLES_MAX: usize = 2400;
 
 impl FleetReport {
     /// Human-readable summary.
@@ -131,7 +146,8 @@ impl FleetReport {
         let ok = self.nodes.iter().filter(|n| n.error.is_none()).count();
         let _ = writeln!(
             s,
-            "\n== fleet ({}) origin {}  {} nodes, {} ok  image {:.1} MB",
+            "\n== fleet {} ({}) origin {}  {} nodes, {} ok  image {:.1} MB",
+            self.label,
             self.mode,
             self.origin,
             self.nodes.len(),
@@ -299,8 +315,36 @@ async fn drive(args: &FleetArgs, fleet: &mut Fleet) -> Result<FleetReport, Error
     }
     tokio::time::sleep(args.settle).await;
     let before = egress(&origin_client).await;
-    let mut results = pull_all(args, repo, &tag, &image, &urls).await?;
+    let start = Instant::now();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampler = async {
+        let mut timeline = Vec::new();
+        let base = before.unwrap_or(0);
+        while timeline.len() < EGRESS_SAMPLES_MAX {
+            if let Some(b) = egress(&origin_client).await {
+                timeline.push((start.elapsed().as_secs_f64(), b.saturating_sub(base)));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(EGRESS_SAMPLE) => {}
+                _ = &mut stop_rx => break,
+            }
+        }
+        timeline
+    };
+    let pulls = async {
+        let r = pull_all(args, repo, &tag, &image, &urls).await;
+        let _ = stop_tx.send(());
+        r
+    };
+    let (results, mut timeline) = tokio::join!(pulls, sampler);
+    let mut results = results?;
     let after = egress(&origin_client).await;
+    if let Some(a) = after {
+        timeline.push((
+            start.elapsed().as_secs_f64(),
+            a.saturating_sub(before.unwrap_or(0)),
+        ));
+    }
     if via_nodes {
         for r in &mut results {
             let Ok(c) = client(&r.url, args) else {
@@ -317,7 +361,10 @@ async fn drive(args: &FleetArgs, fleet: &mut Fleet) -> Result<FleetReport, Error
         }
     }
     let egress = before.zip(after).map(|(b, a)| a.saturating_sub(b));
-    Ok(summarise(via_nodes, &origin_url, &image, results, egress))
+    let mut report = summarise(via_nodes, &origin_url, &image, results, egress);
+    report.label = args.label.clone();
+    report.origin_egress_timeline = timeline;
+    Ok(report)
 }
 
 async fn pull_all(
@@ -395,6 +442,8 @@ fn summarise(
         origin_copies: egress.map(|b| b as f64 / image_bytes.max(1) as f64),
         origin_egress_bytes: egress,
         nodes,
+        label: String::new(),
+        origin_egress_timeline: Vec::new(),
     }
 }
 

@@ -44,6 +44,16 @@ enum Command {
     },
     /// Start an origin berth plus N berth nodes and measure a fleet-wide pull.
     Fleet(fleet::FleetArgs),
+    /// Plot fleet runs (their `--json` files) into one SVG: nodes done and origin egress
+    /// over time.
+    FleetPlot {
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Fleet JSON reports, one series each.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -177,6 +187,7 @@ fn main() -> anyhow::Result<()> {
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     let (scenario, common) = match cli.command {
         Command::Fleet(args) => return run_fleet(args).await,
+        Command::FleetPlot { out, reports } => return fleet_plot(&out, &reports),
         Command::Run { scenario, common } => (scenario, common),
         Command::Pull(c) => (ScenarioKind::Pull, c),
         Command::Push(c) => (ScenarioKind::Push, c),
@@ -208,6 +219,19 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("{} requests failed", report.total_errors());
     }
     Ok(())
+}
+
+fn fleet_plot(out: &std::path::Path, reports: &[PathBuf]) -> anyhow::Result<()> {
+    let runs = reports
+        .iter()
+        .map(|p| {
+            let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice::<fleet::FleetReport>(&text)
+                .with_context(|| format!("parsing {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::write(out, plot::render_fleet(&runs))
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 async fn run_fleet(args: fleet::FleetArgs) -> anyhow::Result<()> {

@@ -298,6 +298,116 @@ fn throughput_panel(s: &mut String, report: &Report, top: f64) {
     }
 }
 
+/// Fleet runs side by side: nodes done over time (top) and origin egress in image copies
+/// over time (bottom), one colour per run (its `--label`).
+pub fn render_fleet(runs: &[crate::fleet::FleetReport]) -> String {
+    let mut s = String::new();
+    let h = PANEL_H * 2.0;
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+"#
+    );
+    let runs = &runs[..runs.len().min(SERIES_MAX)];
+    let t_max = runs
+        .iter()
+        .flat_map(|r| {
+            r.nodes
+                .iter()
+                .map(|n| n.seconds)
+                .chain(r.origin_egress_timeline.iter().map(|p| p.0))
+        })
+        .fold(1.0f64, f64::max);
+    let (xstep, xmax) = nice_axis(t_max);
+    let name = |r: &crate::fleet::FleetReport| {
+        if r.label.is_empty() {
+            r.mode.clone()
+        } else {
+            r.label.clone()
+        }
+    };
+    let xticks = |s: &mut String, f: &Frame| {
+        let mut x = 0.0;
+        while x <= xmax + 1e-9 {
+            xtick(s, f, x / xmax, &format!("{x:.0}"));
+            x += xstep;
+        }
+    };
+    // Nodes done over time.
+    let f = Frame::at(0.0);
+    axes(
+        &mut s,
+        &f,
+        "Fleet pull: nodes done",
+        "seconds since the pull started",
+        "nodes done",
+    );
+    let n_max = runs.iter().map(|r| r.nodes.len()).max().unwrap_or(1).max(1) as f64;
+    let (ystep, ymax) = nice_axis(n_max);
+    let mut y = 0.0;
+    while y <= ymax + 1e-9 {
+        ytick(&mut s, &f, y / ymax, &format!("{y:.0}"));
+        y += ystep;
+    }
+    xticks(&mut s, &f);
+    for (i, r) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut times: Vec<f64> = r
+            .nodes
+            .iter()
+            .filter(|n| n.error.is_none())
+            .map(|n| n.seconds)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let mut pts = vec![(f.px(0.0), f.py(0.0))];
+        for (k, t) in times.iter().enumerate() {
+            pts.push((f.px(t / xmax), f.py(k as f64 / ymax)));
+            pts.push((f.px(t / xmax), f.py((k + 1) as f64 / ymax)));
+        }
+        polyline(&mut s, &pts, color, "");
+        legend(&mut s, &f, i, &name(r), color, "");
+    }
+    // Origin egress over time, in image copies.
+    let f = Frame::at(PANEL_H);
+    axes(
+        &mut s,
+        &f,
+        "Origin egress",
+        "seconds since the pull started",
+        "image copies sent",
+    );
+    let c_max = runs
+        .iter()
+        .flat_map(|r| {
+            let size = r.image_bytes.max(1) as f64;
+            r.origin_egress_timeline
+                .iter()
+                .map(move |p| p.1 as f64 / size)
+        })
+        .fold(1.0f64, f64::max);
+    let (ystep, ymax) = nice_axis(c_max);
+    let mut y = 0.0;
+    while y <= ymax + 1e-9 {
+        ytick(&mut s, &f, y / ymax, &format!("{y:.1}"));
+        y += ystep;
+    }
+    xticks(&mut s, &f);
+    for (i, r) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let size = r.image_bytes.max(1) as f64;
+        let pts: Vec<(f64, f64)> = r
+            .origin_egress_timeline
+            .iter()
+            .map(|(t, b)| (f.px(t / xmax), f.py(*b as f64 / size / ymax)))
+            .collect();
+        polyline(&mut s, &pts, color, "");
+        legend(&mut s, &f, i, &name(r), color, "");
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 /// A 1/2/5 × 10^k step giving ≤ 10 ticks, and the axis maximum rounded up to a step.
 fn nice_axis(max: f64) -> (f64, f64) {
     let raw = max / 8.0;
@@ -327,6 +437,35 @@ mod tests {
         assert_eq!(nice_axis(47.0), (10.0, 50.0));
         let (step, max) = nice_axis(0.37);
         assert!(step > 0.0 && max >= 0.37);
+    }
+
+    #[test]
+    fn fleet_plot_draws_every_run() {
+        let run = |label: &str, secs: f64| crate::fleet::FleetReport {
+            mode: "via-nodes".into(),
+            origin: "http://o".into(),
+            image_bytes: 100,
+            nodes: vec![crate::fleet::NodeResult {
+                index: 0,
+                url: "u".into(),
+                seconds: secs,
+                bytes: 100,
+                error: None,
+                peer_bytes: None,
+                upstream_bytes: None,
+            }],
+            p50_s: secs,
+            p99_s: secs,
+            max_s: secs,
+            origin_egress_bytes: Some(150),
+            origin_copies: Some(1.5),
+            label: label.into(),
+            origin_egress_timeline: vec![(0.0, 0), (secs, 150)],
+        };
+        let svg = render_fleet(&[run("p2p", 3.0), run("no-p2p", 9.0)]);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains(">p2p</text>") && svg.contains(">no-p2p</text>"));
     }
 
     #[test]

@@ -81,7 +81,14 @@ pub struct FetchedBlob {
     pub len: Option<u64>,
     /// The bytes.
     pub body: ByteStream,
+    /// Where the frame starting at a byte offset came from, when a source mixes origins
+    /// (the node's piece fetch: some pieces from peers, some from the upstream); `None`:
+    /// every byte is from [`FetchedBlob::origin`]. Used for `berth_blob_bytes_total`.
+    pub origin_at: Option<OriginAt>,
 }
+
+/// Byte offset → where the frame starting there came from.
+pub type OriginAt = Arc<dyn Fn(u64) -> Origin + Send + Sync>;
 
 /// A manifest received from a source (not yet verified: the registry checks the digest).
 #[derive(Clone, Debug)]
@@ -370,10 +377,15 @@ async fn write_through(
     let held: Arc<Mutex<Option<Bytes>>> = Arc::default();
     let (held2, client2, metrics) = (held.clone(), client.clone(), reg.clone());
     let origin = fetched.origin;
+    let origin_at = fetched.origin_at.clone();
+    let offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tee = fetched.body.then(move |item| {
         let (held, client, reg) = (held2.clone(), client2.clone(), metrics.clone());
+        let (origin_at, offset) = (origin_at.clone(), offset.clone());
         async move {
             if let Ok(bytes) = &item {
+                let at = offset.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let origin = origin_at.map_or(origin, |f| f(at));
                 reg.metrics.add_source_bytes(origin, bytes.len() as u64);
                 let previous = lock(&held).replace(bytes.clone());
                 if let Some(previous) = previous {

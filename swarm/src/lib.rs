@@ -4,6 +4,10 @@
 //! by [`SwarmConfig`], reporting through [`Swarm::providers`] and [`Swarm::peers`].
 //!
 //! Design (see docs/ARCHITECTURE.md, "swarm"):
+//! - Transports: QUIC (`/udp/<port>/quic-v1`, quinn) and TCP + noise + yamux
+//!   (`/tcp/<port>`); a node listens on whichever addresses it is given, and libp2p dials
+//!   a peer's known addresses concurrently and keeps the first connection that succeeds;
+//!   TCP is the fallback where UDP is blocked.
 //! - libp2p carries only control traffic: Kademlia provider records (key = the digest
 //!   string), identify (listen addresses, fed into Kademlia, and the node's HTTP address in
 //!   `agent_version` as `berth/<version> http=<host:port>`), optional mDNS. Piece bytes move
@@ -169,6 +173,7 @@ impl Swarm {
                 yamux::Config::default,
             )
             .map_err(|e| build(&e))?
+            .with_quic()
             .with_behaviour(|key| {
                 let id = key.public().to_peer_id();
                 let store = MemoryStore::with_config(

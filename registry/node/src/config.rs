@@ -50,13 +50,18 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub p2p_bootstrap: Vec<String>,
-    /// Bandwidth cap in MiB/s for blob responses and for peer/upstream fetches.
+    /// Bandwidth cap in MiB/s of traffic with other nodes, each direction: blob fetches
+    /// from peers/upstreams and blob responses to peers (`[p2p] rate_limit_mbps`).
     #[arg(long, env = "BERTH_RATE_LIMIT_MBPS")]
     pub rate_limit_mbps: Option<f64>,
     /// Disk I/O engine for blobs: auto (io_uring if available, else std), io_uring (or fail
     /// at start-up) or std; replaces `[storage] io_engine`.
     #[arg(long, env = "BERTH_IO_ENGINE")]
     pub io_engine: Option<berth_storage::IoEngineChoice>,
+    /// Bandwidth cap in MiB/s of all blob responses, e.g. an origin's uplink
+    /// (`[p2p] serve_rate_limit_mbps`).
+    #[arg(long, env = "BERTH_SERVE_RATE_LIMIT_MBPS")]
+    pub serve_rate_limit_mbps: Option<f64>,
     /// Test only: serve corrupt bytes on ranged blob reads (a lying peer).
     #[arg(long = "p2p-liar", hide = true)]
     pub p2p_liar: bool,
@@ -164,6 +169,9 @@ impl NodeConfig {
         if args.rate_limit_mbps.is_some() {
             config.p2p.rate_limit_mbps = args.rate_limit_mbps;
         }
+        if args.serve_rate_limit_mbps.is_some() {
+            config.p2p.serve_rate_limit_mbps = args.serve_rate_limit_mbps;
+        }
         config.p2p.liar |= args.p2p_liar;
         if let Some(engine) = args.io_engine {
             config.storage.io_engine = engine;
@@ -239,6 +247,7 @@ mod tests {
             p2p_bootstrap: Vec::new(),
             rate_limit_mbps: None,
             io_engine: Some(berth_storage::IoEngineChoice::IoUring),
+            serve_rate_limit_mbps: None,
             p2p_liar: false,
         })?;
         assert_eq!(config.listen.port(), 7000);
@@ -265,6 +274,7 @@ mod tests {
             p2p_bootstrap: Vec::new(),
             rate_limit_mbps: None,
             io_engine: None,
+            serve_rate_limit_mbps: None,
             p2p_liar: false,
         })
         .expect_err("typo is refused");

@@ -9,6 +9,8 @@ mod config;
 mod identity;
 mod mirror;
 mod p2p;
+mod peers_cmd;
+mod pieces;
 mod serve;
 mod transcode;
 mod upstream;
@@ -76,6 +78,8 @@ enum Command {
     /// Download a layer over BitTorrent (`.torrent` file or magnet), verify its digest and
     /// store it (`--data-dir` of a stopped node, or `--node URL` of a running one).
     Fetch(bittorrent::FetchArgs),
+    /// List a running node's peers: addresses, what they provide, bytes received, bans.
+    Peers(peers_cmd::PeersArgs),
 }
 
 fn main() -> Result<()> {
@@ -110,6 +114,7 @@ fn main() -> Result<()> {
         Command::Retention(args) => admin::retention(args),
         Command::Admin { cmd } => identity::admin(cmd),
         Command::Fetch(args) => bittorrent::fetch(args),
+        Command::Peers(args) => peers_cmd::run(args),
     }
 }
 

@@ -32,5 +32,10 @@ pub fn wire(
     for u in &config.upstream {
         tracing::info!(host = u.host.as_deref().unwrap_or("(default)"), url = %u.url.split('@').next_back().unwrap_or(""), "pulling through upstream");
     }
-    Ok(registry.with_content_source(Arc::new(upstreams)))
+    let source: Arc<dyn berth_registry::source::ContentSource> = Arc::new(upstreams);
+    let source = match crate::p2p::limiter(config.p2p.rate_limit_mbps) {
+        Some(l) => Arc::new(crate::p2p::Throttled(source, l)),
+        None => source,
+    };
+    Ok(registry.with_content_source(source))
 }

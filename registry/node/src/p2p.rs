@@ -2,24 +2,34 @@
 //!
 //! The principal type is [`PeerSource`], the node's [`ContentSource`] when `[p2p]` is
 //! enabled: on a local miss it asks the swarm (Kademlia) who provides the digest, takes the
-//! piece SHA-1s from a provider's `.torrent` endpoint, and fetches *different* 1 MiB pieces
-//! from several providers at once as HTTP `Range` GETs of `/v2/<repo>/blobs/<digest>`
-//! ([`P2pConfig::pieces_in_flight`] at a time). Every piece is checked against its SHA-1
-//! before it is used; a peer that sends a bad piece is banned for the process lifetime (log
-//! line, `berth_peer_bans_total`) and the piece is fetched elsewhere. With no provider, or
-//! when providers fail, pieces come from the upstream (Range GETs when it needs no
-//! credentials, else the whole blob). The final sha256 is still checked by
-//! `BlobStore::commit` (the registry's write-through).
+//! piece SHA-1s from a provider's (or a berth upstream's) `.torrent` endpoint, announces the
+//! digest at once and fetches *different* 1 MiB pieces from several providers as HTTP
+//! `Range` GETs of `/v2/<repo>/blobs/<digest>` ([`P2pConfig::pieces_in_flight`] at a time):
+//! the next [`URGENT_PIECES`] of the registry's in-order read first, then the rarest piece,
+//! random among equals, each holder's have-bitfield re-read every
+//! [`BITS_REFRESH`] from `/berth/v1/pieces/..`, new providers looked up every
+//! [`LOOKUP_REFRESH`]. The upstream is asked only for pieces no holder has and no holder is
+//! taking from it already (holders publish those too), so N cold nodes starting together
+//! fetch each piece from the origin about once and the rest from each other. Verified pieces
+//! go to a partial file ([`crate::pieces`]) and are served to peers from there while the
+//! fetch runs; the registry receives them in order. Every piece is checked against its
+//! SHA-1 before it is used or re-served; a peer that sends a bad piece is banned for the
+//! process lifetime (log line, `berth_peer_bans_total`) and the piece is fetched elsewhere.
+//! Without piece hashes (no provider, and an upstream that is not a berth node or needs
+//! credentials) the whole blob streams from the upstream and is shared once committed. The
+//! final sha256 is still checked by `BlobStore::commit` (the registry's write-through).
 //!
 //! Why HTTP for piece bytes and not a libp2p stream or QUIC: loopback HTTP from the blob
 //! store runs at 2.8–3.3 GB/s here, QUIC request-response at ≈ 240 MB/s with a core per side
 //! (FIELD-NOTES), and HTTP keeps the registry's `/v2/` authorisation in force for peers, so
 //! private content needs no second access-control path.
 //!
-//! Announcements: every blob in a public repository is announced at start-up and within
-//! [`ANNOUNCE_SCAN`] of its commit (a scan of `blobs/`); private blobs never are.
+//! Announcements: a fetch of a public blob is announced when it starts; every blob in a
+//! public repository is announced at start-up and within [`ANNOUNCE_SCAN`] of its commit (a
+//! scan of `blobs/`); private blobs never are ([`Visibility`]: with `auth.enabled`, the
+//! identity store's visibility, which defaults to private).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +53,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha1::Digest as _;
 
+use crate::pieces::{Partial, Partials, PieceInfo, PIECE_HEADER};
 use crate::upstream::Upstreams;
 
 /// Header marking a request made by a peer's piece or manifest fetch. A node never passes
@@ -60,9 +71,6 @@ fn from_peer() -> bool {
 
 /// How often `blobs/` is scanned for blobs to announce.
 pub const ANNOUNCE_SCAN: Duration = Duration::from_secs(1);
-/// Pieces fetched ahead of the one the client waits for (bounds memory per fetch:
-/// this many MiB).
-const PIECE_WINDOW: usize = 8;
 /// Largest `.torrent` read from a peer.
 const TORRENT_SIZE_MAX: usize = 8 << 20;
 /// Largest piece length accepted from a peer's torrent.
@@ -92,9 +100,12 @@ pub struct P2pConfig {
     pub pieces_in_flight: usize,
     /// A piece not received within this time is fetched elsewhere.
     pub piece_timeout_ms: u64,
-    /// Bandwidth cap in MiB/s for blob responses and for peer/upstream fetches, each
-    /// direction separately (none by default).
+    /// Bandwidth cap in MiB/s of this node's traffic with other nodes, each direction
+    /// separately: blob bytes fetched from peers and upstreams, and blob responses to peers
+    /// (`x-berth-peer` requests). Applies with or without the peer layer (none by default).
     pub rate_limit_mbps: Option<f64>,
+    /// Bandwidth cap in MiB/s of *all* blob responses (an origin's uplink; none by default).
+    pub serve_rate_limit_mbps: Option<f64>,
     /// Test only: corrupt every ranged blob response (a lying peer).
     pub liar: bool,
 }
@@ -110,6 +121,7 @@ impl Default for P2pConfig {
             pieces_in_flight: 4,
             piece_timeout_ms: 10_000,
             rate_limit_mbps: None,
+            serve_rate_limit_mbps: None,
             liar: false,
         }
     }
@@ -127,9 +139,14 @@ impl P2pConfig {
         if !(100..=600_000).contains(&self.piece_timeout_ms) {
             anyhow::bail!("p2p.piece_timeout_ms must be 100..=600000");
         }
-        if let Some(r) = self.rate_limit_mbps {
-            if !(r > 0.0 && r <= 1e6) {
-                anyhow::bail!("p2p.rate_limit_mbps must be > 0");
+        for (name, v) in [
+            ("p2p.rate_limit_mbps", self.rate_limit_mbps),
+            ("p2p.serve_rate_limit_mbps", self.serve_rate_limit_mbps),
+        ] {
+            if let Some(r) = v {
+                if !(r > 0.0 && r <= 1e6) {
+                    anyhow::bail!("{name} must be > 0 and at most 1e6");
+                }
             }
         }
         for a in self.listen.iter().chain(&self.bootstrap) {
@@ -175,6 +192,11 @@ impl RateLimiter {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// A limiter of `mib_per_sec`, if set.
+pub fn limiter(mib_per_sec: Option<f64>) -> Option<Arc<RateLimiter>> {
+    mib_per_sec.map(|r| Arc::new(RateLimiter::new(r)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -253,17 +275,66 @@ pub struct P2p {
     pub stats: Arc<PeerStats>,
     config: P2pConfig,
     down: Option<Arc<RateLimiter>>,
-    /// Limits blob responses (used by [`throttle_layer`]).
-    pub up: Option<Arc<RateLimiter>>,
+    /// Fetches in progress, shared with peers while they run.
+    pub partials: Arc<Partials>,
+    /// Who may read what anonymously (what may be announced and shared).
+    pub visibility: Arc<Visibility>,
+    blobs: BlobStore,
+}
+
+/// Which repositories anonymous users may read: with `auth.enabled` the identity store's
+/// visibility (unset = private), else the metadata store's `public` flag (a repository not
+/// created yet is public: without auth everything is readable).
+pub struct Visibility {
+    meta: Arc<dyn MetadataStore>,
+    identity: Option<Arc<dyn berth_storage::meta::identity::IdentityStore>>,
+}
+
+impl Visibility {
+    /// Opens the identity store at `auth_db` when auth is enabled.
+    pub fn open(meta: Arc<dyn MetadataStore>, auth_db: Option<&std::path::Path>) -> Result<Self> {
+        let identity = match auth_db {
+            Some(path) => Some(Arc::new(
+                berth_storage::meta::identity_sqlite::SqliteIdentity::open(path)
+                    .map_err(|e| anyhow::anyhow!("opening the identity store: {e}"))?,
+            )
+                as Arc<dyn berth_storage::meta::identity::IdentityStore>),
+            None => None,
+        };
+        Ok(Visibility { meta, identity })
+    }
+
+    /// Whether anonymous users may read `repo`. Blocking; errors count as private.
+    pub fn public(&self, repo: &RepoName) -> bool {
+        match &self.identity {
+            Some(id) => matches!(id.visibility(repo.as_str()), Ok(Some(true))),
+            None => match self.meta.repo_info(repo) {
+                Ok(Some(info)) => info.public,
+                Ok(None) => true,
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Whether a stored blob may be shared: some repository holds it and that one is public
+    /// (conservative when a blob is in several). Blocking.
+    pub fn blob_public(&self, digest: &Digest) -> bool {
+        match self.meta.any_repo_blob(digest) {
+            Ok(Some((repo, _))) => self.public(&repo),
+            _ => false,
+        }
+    }
 }
 
 impl P2p {
     /// Starts the swarm and the announcer.
+    /// `auth_db`: the metadata database when `auth.enabled` (visibility lives there).
     pub fn start(
         config: &P2pConfig,
         http_listen: std::net::SocketAddr,
         blobs: BlobStore,
         meta: Arc<dyn MetadataStore>,
+        auth_db: Option<&std::path::Path>,
     ) -> Result<Arc<P2p>> {
         let parse = |v: &[String]| -> Result<Vec<berth_swarm::Addr>> {
             v.iter()
@@ -280,16 +351,21 @@ impl P2p {
                 .unwrap_or_else(|| http_listen.to_string()),
         })?;
         tracing::info!(peer = %swarm.local_peer_id(), "p2p started");
-        let limiter = |r: Option<f64>| r.map(|r| Arc::new(RateLimiter::new(r)));
+        let visibility = Arc::new(Visibility::open(meta, auth_db)?);
+        let partials_dir = blobs.root().join("p2p-partial");
+        let partials = Partials::open(partials_dir.clone())
+            .with_context(|| format!("preparing {}", partials_dir.display()))?;
         let p2p = Arc::new(P2p {
             swarm: swarm.clone(),
             stats: Arc::default(),
             config: config.clone(),
             down: limiter(config.rate_limit_mbps),
-            up: limiter(config.rate_limit_mbps),
+            partials: Arc::new(partials),
+            visibility: visibility.clone(),
+            blobs: blobs.clone(),
         });
         tokio::spawn(tracing::Instrument::instrument(
-            announce_loop(swarm, blobs, meta),
+            announce_loop(swarm, blobs, visibility),
             tracing::info_span!("announcer"),
         ));
         Ok(p2p)
@@ -302,7 +378,7 @@ impl P2p {
 }
 
 /// Scans `blobs/` every [`ANNOUNCE_SCAN`] and announces blobs of public repositories.
-async fn announce_loop(swarm: Swarm, blobs: BlobStore, meta: Arc<dyn MetadataStore>) {
+async fn announce_loop(swarm: Swarm, blobs: BlobStore, visibility: Arc<Visibility>) {
     // digest -> announced? (false: private or not linked yet; re-checked every 30 scans)
     let mut seen: HashMap<Digest, bool> = HashMap::new();
     let mut round: u64 = 0;
@@ -321,16 +397,10 @@ async fn announce_loop(swarm: Swarm, blobs: BlobStore, meta: Arc<dyn MetadataSto
             if seen.len() >= ANNOUNCED_MAX && !seen.contains_key(&d) {
                 break;
             }
-            let meta2 = meta.clone();
-            let d2 = d.clone();
-            let public = tokio::task::spawn_blocking(move || -> bool {
-                let Ok(Some((repo, _))) = meta2.any_repo_blob(&d2) else {
-                    return false;
-                };
-                matches!(meta2.repo_info(&repo), Ok(Some(info)) if info.public)
-            })
-            .await
-            .unwrap_or(false);
+            let (v, d2) = (visibility.clone(), d.clone());
+            let public = tokio::task::spawn_blocking(move || v.blob_public(&d2))
+                .await
+                .unwrap_or(false);
             let announced = public && swarm.provide(&d.to_string());
             if announced {
                 tracing::debug!(digest = %d, "announced");
@@ -367,14 +437,6 @@ fn list_blobs(root: &std::path::Path) -> Vec<Digest> {
     out
 }
 
-/// Piece layout and hashes of one blob, from a `.torrent`.
-#[derive(Debug, PartialEq, Eq)]
-struct PieceInfo {
-    len: u64,
-    piece_len: u64,
-    hashes: Vec<[u8; 20]>,
-}
-
 /// Reads `length`, `piece length` and `pieces` out of a single-file `.torrent`.
 fn parse_torrent(t: &[u8]) -> Option<PieceInfo> {
     fn int_after(t: &[u8], key: &[u8]) -> Option<u64> {
@@ -393,7 +455,7 @@ fn parse_torrent(t: &[u8]) -> Option<PieceInfo> {
     let colon = rest.iter().position(|&b| b == b':')?;
     let n: usize = std::str::from_utf8(rest.get(..colon)?).ok()?.parse().ok()?;
     let flat = rest.get(colon + 1..colon + 1 + n)?;
-    if !n.is_multiple_of(20) || piece_len == 0 || piece_len > PIECE_LEN_MAX {
+    if !n.is_multiple_of(20) || piece_len == 0 || piece_len > PIECE_LEN_MAX || len == 0 {
         return None;
     }
     let hashes: Vec<[u8; 20]> = flat
@@ -414,9 +476,81 @@ fn parse_torrent(t: &[u8]) -> Option<PieceInfo> {
 enum PieceError {
     /// The bytes did not match the piece hash: ban the sender.
     Bad,
+    /// The holder does not have this piece yet (`416` + [`PIECE_HEADER`]).
+    NotYet,
     /// Transport failure, timeout, refusal: try elsewhere.
     Failed(String),
 }
+
+/// What a holder's pieces endpoint said.
+enum Bits {
+    /// It holds the whole blob.
+    Complete,
+    /// Verified pieces, and pieces it is taking from the upstream.
+    Partial {
+        have: Vec<bool>,
+        upstream: Vec<bool>,
+    },
+    /// It has nothing for us (fetch failed, private, gone).
+    Missing,
+}
+
+/// One provider of the blob being fetched, as this fetch sees it.
+struct Holder {
+    id: String,
+    base: String,
+    /// `None`: the whole blob.
+    have: Option<Vec<bool>>,
+    upstream: Vec<bool>,
+    in_flight: usize,
+    failures: u32,
+    alive: bool,
+    refreshing: bool,
+    /// Whether its bitfield was read at least once.
+    known: bool,
+}
+
+impl Holder {
+    fn has(&self, i: usize) -> bool {
+        match &self.have {
+            None => true,
+            Some(h) => h.get(i).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// What a fetch waits for.
+enum Event {
+    Piece(usize, Option<usize>, Result<Bytes, PieceError>),
+    Bits(usize, Bits),
+    Lookup(Vec<Provider>),
+    Tick,
+}
+
+/// Pieces requested from one holder at once.
+const HOLDER_IN_FLIGHT_MAX: usize = 2;
+/// Pieces requested from the upstream at once while peers are around (all of
+/// `pieces_in_flight` when there are none).
+const UPSTREAM_IN_FLIGHT_PEERS: usize = 2;
+/// How often holders' bitfields are re-read during a fetch.
+const BITS_REFRESH: Duration = Duration::from_millis(400);
+/// How often providers are looked up again during a fetch (nodes that started later).
+const LOOKUP_REFRESH: Duration = Duration::from_secs(2);
+/// Pieces right after the registry's read position that are fetched before rarer ones, so
+/// that the client's in-order stream keeps moving.
+const URGENT_PIECES: usize = 4;
+/// How long a fetch leaves the upstream alone after one of its piece requests failed.
+const UPSTREAM_PAUSE: Duration = Duration::from_millis(500);
+/// The first re-lookup of a fetch (nodes that started at the same moment have announced).
+const LOOKUP_FIRST: Duration = Duration::from_millis(300);
+/// Holders tracked by one fetch.
+const HOLDERS_MAX: usize = berth_swarm::PROVIDERS_MAX;
+/// Failures (timeouts, errors) after which a holder is dropped from a fetch.
+const HOLDER_FAILURES_MAX: u32 = 3;
+/// Attempts per piece before the fetch fails.
+const PIECE_ATTEMPTS_MAX: u32 = 12;
+/// How long a finished fetch keeps serving its pieces while the registry commits the blob.
+const COMMIT_WAIT: Duration = Duration::from_secs(120);
 
 /// The node's content source with p2p: peers first, then the upstream.
 pub struct PeerSource {
@@ -457,19 +591,46 @@ impl PeerSource {
         }
     }
 
-    async fn torrent(&self, base: &str, repo: &RepoName, digest: &Digest) -> Option<PieceInfo> {
-        let url = format!("{base}/berth/v1/torrent/{repo}/blobs/{digest}");
-        let resp = self.get(&url, None).await.ok()?;
-        if resp.status() != StatusCode::OK {
-            return None;
-        }
-        let body = http_body_util::Limited::new(resp.into_body(), TORRENT_SIZE_MAX);
+    async fn small_body(&self, url: &str, max: usize) -> Option<(StatusCode, Bytes)> {
+        let resp = self.get(url, None).await.ok()?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), max);
         let bytes = tokio::time::timeout(PEER_HEAD_TIMEOUT, body.collect())
             .await
             .ok()?
             .ok()?
             .to_bytes();
-        parse_torrent(&bytes)
+        Some((status, bytes))
+    }
+
+    async fn torrent(&self, base: &str, repo: &RepoName, digest: &Digest) -> Option<PieceInfo> {
+        let url = format!("{base}/berth/v1/torrent/{repo}/blobs/{digest}");
+        match self.small_body(&url, TORRENT_SIZE_MAX).await? {
+            (StatusCode::OK, bytes) => parse_torrent(&bytes),
+            _ => None,
+        }
+    }
+
+    /// A holder's have-bitfield (`/berth/v1/pieces/..`).
+    async fn bits(&self, base: &str, repo: &RepoName, digest: &Digest, n: usize) -> Bits {
+        let url = format!("{base}/berth/v1/pieces/{repo}/blobs/{digest}");
+        let Some((status, body)) = self.small_body(&url, PIECES_BODY_MAX).await else {
+            return Bits::Missing;
+        };
+        if status != StatusCode::OK {
+            return Bits::Missing;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return Bits::Missing;
+        };
+        if v["complete"].as_bool() == Some(true) {
+            return Bits::Complete;
+        }
+        let field = |k: &str| v[k].as_str().and_then(|h| crate::pieces::decode_bits(h, n));
+        match (field("have"), field("upstream")) {
+            (Some(have), Some(upstream)) => Bits::Partial { have, upstream },
+            _ => Bits::Missing,
+        }
     }
 
     /// One piece from `base`, checked against `hash`.
@@ -489,6 +650,11 @@ impl PeerSource {
                 .await
                 .map_err(PieceError::Failed)?;
             let want = (end - start + 1) as usize;
+            if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE
+                && resp.headers().contains_key(PIECE_HEADER)
+            {
+                return Err(PieceError::NotYet);
+            }
             // 200 is acceptable only when the "range" is the whole blob.
             if resp.status() != StatusCode::PARTIAL_CONTENT
                 && !(resp.status() == StatusCode::OK && start == 0)
@@ -524,176 +690,425 @@ impl PeerSource {
         }
     }
 
-    /// Starts a swarm fetch, or `None` when no usable provider answered.
+    /// Providers of `digest` (not banned, with an HTTP address).
+    async fn lookup(&self, digest: &Digest) -> Vec<Provider> {
+        let timeout = Duration::from_millis(self.p2p.config.lookup_timeout_ms);
+        self.p2p
+            .swarm
+            .providers(&digest.to_string(), timeout)
+            .await
+            .into_iter()
+            .filter(|p| p.http_addr.is_some() && !self.p2p.stats.is_banned(&p.peer.to_string()))
+            .collect()
+    }
+
+    /// Starts a piece fetch (peers and/or a berth upstream, sharing verified pieces while it
+    /// runs), or `None` when neither a provider nor the upstream has piece hashes for it.
     async fn from_peers(
         self: &Arc<Self>,
         ns: Option<&str>,
         repo: &RepoName,
         digest: &Digest,
     ) -> Option<FetchedBlob> {
-        let timeout = Duration::from_millis(self.p2p.config.lookup_timeout_ms);
-        let providers: Vec<Provider> = self
-            .p2p
-            .swarm
-            .providers(&digest.to_string(), timeout)
-            .await
-            .into_iter()
-            .filter(|p| p.http_addr.is_some() && !self.p2p.stats.is_banned(&p.peer.to_string()))
-            .collect();
+        let providers = self.lookup(digest).await;
         tracing::debug!(%digest, providers = providers.len(), "provider lookup");
-        if providers.is_empty() {
-            return None;
-        }
+        let upstream_base = self.upstream.as_ref().and_then(|u| u.plain_base(ns));
         let mut info = None;
-        for p in providers.iter().take(3) {
-            let base = format!("http://{}", p.http_addr.as_deref().unwrap_or_default());
+        let bases = providers
+            .iter()
+            .take(3)
+            .filter_map(|p| p.http_addr.as_ref().map(|a| format!("http://{a}")))
+            .chain(upstream_base.clone());
+        for base in bases {
             if let Some(i) = self.torrent(&base, repo, digest).await {
                 info = Some(i);
                 break;
             }
         }
         let info = info?;
-        let upstream_base = self.upstream.as_ref().and_then(|u| u.plain_base(ns));
+        let (p2p, r, d) = (self.p2p.clone(), repo.clone(), digest.clone());
+        let partial = tokio::task::spawn_blocking(move || {
+            let public = p2p.visibility.public(&r);
+            p2p.partials.begin(&d, info, public)
+        })
+        .await
+        .ok()?;
+        let partial = match partial {
+            Ok(Some(p)) => p,
+            Ok(None) => return None, // a previous fetch of it is still finishing
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot create the partial file");
+                return None;
+            }
+        };
+        if partial.public {
+            // Share while downloading: peers may take verified pieces from us at once.
+            self.p2p.swarm.provide(&digest.to_string());
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let len = info.len;
-        let me = self.clone();
+        let len = partial.info.len;
+        let (me, p, tx2) = (self.clone(), partial.clone(), tx.clone());
         let (repo2, d2) = (repo.clone(), digest.clone());
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = me
-                    .pieces(providers, upstream_base, &repo2, &d2, info, &tx)
-                    .await
-                {
-                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                let result = me
+                    .fetch(providers, upstream_base, &repo2, &d2, &p, &tx2)
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "piece fetch failed");
+                    p.failed.store(true, Ordering::Release);
+                    p.landed.notify_waiters();
+                    me.p2p.partials.end(&d2);
+                    let _ = tx2.send(Err(std::io::Error::other(e))).await;
                 }
             },
             tracing::info_span!("swarm_fetch", digest = %digest),
         ));
+        let (p2p, p) = (self.p2p.clone(), partial.clone());
+        tokio::spawn(tracing::Instrument::instrument(
+            emit(p2p, p, tx),
+            tracing::info_span!("swarm_emit", digest = %digest),
+        ));
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
+        let p = partial.clone();
         Some(FetchedBlob {
             origin: Origin::Peer,
             len: Some(len),
             body: Box::pin(body),
+            origin_at: Some(Arc::new(move |offset| p.origin_at(offset))),
         })
     }
 
-    /// Fetches every piece (different pieces from different peers), emitting them in order.
-    async fn pieces(
+    /// The fetch loop: keeps up to `pieces_in_flight` piece requests running, rarest piece
+    /// first (random among equals) from the least-loaded holder that has it; from the
+    /// upstream only pieces no holder has and no holder is taking from it already.
+    async fn fetch(
         &self,
         providers: Vec<Provider>,
         upstream_base: Option<String>,
         repo: &RepoName,
         digest: &Digest,
-        info: PieceInfo,
+        partial: &Arc<Partial>,
         tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) -> Result<(), String> {
+        let info = &partial.info;
         let n = info.hashes.len();
         let timeout = Duration::from_millis(self.p2p.config.piece_timeout_ms);
         let in_flight_max = self.p2p.config.pieces_in_flight;
-        // (peer id, base URL, pieces in flight, alive for this fetch)
-        let mut peers: Vec<(String, String, usize, bool)> = providers
-            .into_iter()
-            .filter_map(|p| {
-                Some((
-                    p.peer.to_string(),
-                    format!("http://{}", p.http_addr?),
-                    0,
-                    true,
-                ))
-            })
-            .collect();
-        let mut todo: VecDeque<usize> = (0..n).collect();
-        let mut attempts = vec![0usize; n];
-        let mut ready: BTreeMap<usize, Bytes> = BTreeMap::new();
-        let mut next_emit = 0usize;
-        let mut running = FuturesUnordered::new();
-        while next_emit < n {
-            // Schedule: the least-loaded live peer gets the next piece inside the window.
-            while running.len() < in_flight_max {
-                let Some(&idx) = todo.front() else { break };
-                if idx >= next_emit + PIECE_WINDOW {
-                    break;
+        let mut holders: Vec<Holder> = Vec::new();
+        let add = |holders: &mut Vec<Holder>, ps: Vec<Provider>| {
+            for p in ps {
+                let id = p.peer.to_string();
+                let Some(addr) = p.http_addr else { continue };
+                if holders.len() < HOLDERS_MAX && !holders.iter().any(|h| h.id == id) {
+                    holders.push(Holder {
+                        id,
+                        base: format!("http://{addr}"),
+                        have: Some(vec![false; n]),
+                        upstream: vec![false; n],
+                        in_flight: 0,
+                        failures: 0,
+                        alive: true,
+                        refreshing: false,
+                        known: false,
+                    });
                 }
-                let live = peers
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(_, p)| p.3 && !self.p2p.stats.is_banned(&p.0))
-                    .min_by_key(|(_, p)| p.2);
-                let (who, base) = match live {
-                    Some((i, p)) if attempts[idx] <= peers_len_hint(n) => {
-                        p.2 += 1;
-                        (Some(i), p.1.clone())
+            }
+        };
+        add(&mut holders, providers);
+        let mut rng = Rng::seeded(digest, &self.p2p.swarm.local_peer_id().to_string());
+        let mut in_flight = vec![false; n];
+        let mut attempts = vec![0u32; n];
+        let mut upstream_running = 0usize;
+        let mut upstream_pause_until = Instant::now();
+        let mut running: FuturesUnordered<BoxFuture<'_, Event>> = FuturesUnordered::new();
+        // Connected nodes may be starting the same fetch: look again soon, and take few
+        // pieces from the upstream until their bitfields are known.
+        let swarm_peers = self.p2p.swarm.peers().iter().any(|(_, i)| i.connected);
+        let (mut next_bits, mut next_lookup) = (Instant::now(), Instant::now() + LOOKUP_FIRST);
+        let (mut tick_pending, mut lookup_pending) = (false, false);
+        while !partial.complete() {
+            if tx.is_closed() {
+                return Err("the registry gave up on this fetch".into());
+            }
+            let now = Instant::now();
+            if now >= next_bits {
+                next_bits = now + BITS_REFRESH;
+                for (k, h) in holders.iter_mut().enumerate() {
+                    if h.alive && !h.refreshing && h.have.is_some() {
+                        h.refreshing = true;
+                        let base = h.base.clone();
+                        running.push(Box::pin(async move {
+                            Event::Bits(k, self.bits(&base, repo, digest, n).await)
+                        }));
                     }
-                    _ => match &upstream_base {
-                        Some(b) => (None, b.clone()),
-                        None => return Err(format!("piece {idx}: no peer or upstream left")),
-                    },
+                }
+            }
+            if now >= next_lookup && !lookup_pending {
+                next_lookup = now + LOOKUP_REFRESH;
+                lookup_pending = true;
+                running.push(Box::pin(
+                    async move { Event::Lookup(self.lookup(digest).await) },
+                ));
+            }
+            // Schedule piece requests.
+            let busy = in_flight.iter().filter(|&&b| b).count();
+            let mut free = in_flight_max.saturating_sub(busy);
+            if free > 0 {
+                let banned = |h: &Holder| self.p2p.stats.is_banned(&h.id);
+                let mut counts = vec![0u32; n];
+                let mut elsewhere_upstream = vec![false; n];
+                for h in holders.iter().filter(|h| h.alive && !banned(h)) {
+                    for (i, c) in counts.iter_mut().enumerate() {
+                        if h.has(i) {
+                            *c += 1;
+                        }
+                        if h.upstream.get(i).copied().unwrap_or(false) {
+                            elsewhere_upstream[i] = true;
+                        }
+                    }
+                }
+                // The next pieces the registry waits for come first (the client's stream
+                // must not stall), then the rarest, random among equals.
+                let next = partial.next_emit();
+                let mut wanted: Vec<(bool, u32, u64, usize)> = (0..n)
+                    .filter(|&i| !in_flight[i] && !partial.has(i))
+                    .map(|i| (i >= next + URGENT_PIECES, counts[i], rng.next(), i))
+                    .collect();
+                wanted.sort_unstable();
+                // From holders, rarest first.
+                for &(_, _, _, i) in wanted.iter().filter(|w| w.1 > 0) {
+                    if free == 0 {
+                        break;
+                    }
+                    let pick = holders
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(_, h)| {
+                            h.alive && h.has(i) && h.in_flight < HOLDER_IN_FLIGHT_MAX && !banned(h)
+                        })
+                        .min_by_key(|(_, h)| h.in_flight);
+                    let Some((k, h)) = pick else { continue };
+                    h.in_flight += 1;
+                    in_flight[i] = true;
+                    attempts[i] += 1;
+                    free -= 1;
+                    let base = h.base.clone();
+                    let hash = info.hashes[i];
+                    running.push(Box::pin(async move {
+                        let r = self
+                            .piece(&base, repo, digest, info.range(i), hash, timeout)
+                            .await;
+                        Event::Piece(i, Some(k), r)
+                    }));
+                }
+                // From the upstream: pieces nobody has, nobody else takes from it.
+                let peers_alive = holders.iter().any(|h| h.alive && !banned(h));
+                let up_max = if peers_alive || swarm_peers {
+                    UPSTREAM_IN_FLIGHT_PEERS
+                } else {
+                    in_flight_max
                 };
-                todo.pop_front();
-                attempts[idx] += 1;
-                if attempts[idx] > 8 {
-                    return Err(format!("piece {idx}: too many attempts"));
+                // Not before every holder's bitfield is known (it may have the piece), and
+                // not while the upstream is failing.
+                let unknown = holders.iter().any(|h| h.alive && !h.known && !banned(h));
+                let upstream_ok = !unknown && Instant::now() >= upstream_pause_until;
+                if let Some(base) = upstream_base.as_ref().filter(|_| upstream_ok) {
+                    for &(_, _, _, i) in wanted.iter().filter(|w| w.1 == 0) {
+                        if free == 0 || upstream_running >= up_max {
+                            break;
+                        }
+                        if in_flight[i] || (elsewhere_upstream[i] && peers_alive) {
+                            continue;
+                        }
+                        in_flight[i] = true;
+                        attempts[i] += 1;
+                        free -= 1;
+                        upstream_running += 1;
+                        partial.set_upstream(i, true);
+                        let (base, hash) = (base.clone(), info.hashes[i]);
+                        running.push(Box::pin(async move {
+                            let r = self
+                                .piece(&base, repo, digest, info.range(i), hash, timeout)
+                                .await;
+                            Event::Piece(i, None, r)
+                        }));
+                    }
                 }
-                let start = idx as u64 * info.piece_len;
-                let end = (start + info.piece_len).min(info.len) - 1;
-                let hash = info.hashes[idx];
-                let base2 = base;
-                running.push(async move {
-                    let r = self
-                        .piece(&base2, repo, digest, (start, end), hash, timeout)
-                        .await;
-                    (idx, who, r)
-                });
+                let busy = in_flight.iter().filter(|&&b| b).count();
+                if !peers_alive && upstream_base.is_none() && busy == 0 {
+                    return Err("no provider or upstream left".into());
+                }
             }
-            let Some((idx, who, result)) = running.next().await else {
-                return Err("no piece could be scheduled".into());
+            if !tick_pending {
+                tick_pending = true;
+                let until = next_bits.min(next_lookup);
+                running.push(Box::pin(async move {
+                    tokio::time::sleep_until(until.into()).await;
+                    Event::Tick
+                }));
+            }
+            let Some(event) = running.next().await else {
+                continue;
             };
-            if let Some(i) = who {
-                peers[i].2 = peers[i].2.saturating_sub(1);
-            }
-            match (result, who) {
-                (Ok(bytes), Some(i)) => {
-                    self.p2p.stats.add_bytes(&peers[i].0, bytes.len() as u64);
-                    ready.insert(idx, bytes);
+            match event {
+                Event::Tick => tick_pending = false,
+                Event::Lookup(found) => {
+                    lookup_pending = false;
+                    add(&mut holders, found);
                 }
-                (Ok(bytes), None) => {
-                    self.p2p
-                        .stats
-                        .upstream_pieces
-                        .fetch_add(1, Ordering::Relaxed);
-                    ready.insert(idx, bytes);
+                Event::Bits(k, bits) => {
+                    let h = &mut holders[k];
+                    h.refreshing = false;
+                    h.known = true;
+                    match bits {
+                        Bits::Complete => h.have = None,
+                        Bits::Partial { have, upstream } => {
+                            h.have = Some(have);
+                            h.upstream = upstream;
+                        }
+                        Bits::Missing => h.alive = false,
+                    }
                 }
-                (Err(PieceError::Bad), Some(i)) => {
-                    self.p2p.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
-                    self.p2p.stats.ban(
-                        &peers[i].0,
-                        &format!("piece {idx} of {digest} failed its SHA-1"),
-                    );
-                    peers[i].3 = false;
-                    todo.push_front(idx);
+                Event::Piece(i, who, result) => {
+                    in_flight[i] = false;
+                    match who {
+                        Some(k) => holders[k].in_flight = holders[k].in_flight.saturating_sub(1),
+                        None => {
+                            upstream_running -= 1;
+                            partial.set_upstream(i, false);
+                        }
+                    }
+                    match (result, who) {
+                        (Ok(bytes), who) => {
+                            let origin = match who {
+                                Some(k) => {
+                                    self.p2p.stats.add_bytes(&holders[k].id, bytes.len() as u64);
+                                    Origin::Peer
+                                }
+                                None => {
+                                    self.p2p
+                                        .stats
+                                        .upstream_pieces
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    Origin::Upstream
+                                }
+                            };
+                            let p = partial.clone();
+                            tokio::task::spawn_blocking(move || p.store(i, &bytes, origin))
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .map_err(|e| format!("writing piece {i}: {e}"))?;
+                        }
+                        (Err(PieceError::NotYet), Some(k)) => {
+                            if let Some(h) = holders[k].have.as_mut().and_then(|h| h.get_mut(i)) {
+                                *h = false;
+                            }
+                            attempts[i] = attempts[i].saturating_sub(1);
+                        }
+                        (Err(PieceError::Bad), Some(k)) => {
+                            self.p2p.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                            self.p2p.stats.ban(
+                                &holders[k].id,
+                                &format!("piece {i} of {digest} failed its SHA-1"),
+                            );
+                            holders[k].alive = false;
+                        }
+                        (Err(PieceError::Failed(why)), Some(k)) => {
+                            let h = &mut holders[k];
+                            h.failures += 1;
+                            if h.failures >= HOLDER_FAILURES_MAX {
+                                tracing::info!(peer = %h.id, piece = i, error = %why, "peer dropped from this fetch");
+                                h.alive = false;
+                            }
+                        }
+                        (Err(PieceError::Bad), None) => {
+                            return Err(format!("upstream piece {i} failed its SHA-1"))
+                        }
+                        (Err(PieceError::NotYet), None) => {}
+                        (Err(PieceError::Failed(why)), None) => {
+                            tracing::info!(piece = i, error = %why, "upstream piece failed");
+                            upstream_pause_until = Instant::now() + UPSTREAM_PAUSE;
+                        }
+                    }
+                    if attempts[i] > PIECE_ATTEMPTS_MAX {
+                        return Err(format!("piece {i}: too many attempts"));
+                    }
                 }
-                (Err(PieceError::Failed(why)), Some(i)) => {
-                    tracing::info!(peer = %peers[i].0, piece = idx, error = %why, "peer dropped from this fetch");
-                    peers[i].3 = false;
-                    todo.push_front(idx);
-                }
-                (Err(PieceError::Bad), None) => {
-                    return Err(format!("upstream piece {idx} failed its SHA-1"))
-                }
-                (Err(PieceError::Failed(why)), None) => return Err(why),
-            }
-            // Keep the retry queue ordered so the window logic holds.
-            todo.make_contiguous().sort_unstable();
-            while let Some(bytes) = ready.remove(&next_emit) {
-                if tx.send(Ok(bytes)).await.is_err() {
-                    return Ok(()); // the registry gave up on this fetch
-                }
-                next_emit += 1;
             }
         }
+        tracing::info!(pieces = n, "all pieces verified");
         Ok(())
+    }
+}
+
+/// Largest pieces-endpoint answer read (a 16 GiB blob in 1 MiB pieces: 2 × 4 KiB of hex).
+const PIECES_BODY_MAX: usize = 1 << 20;
+
+/// Feeds the registry the pieces in order as they land; after the last one, keeps the
+/// partial (and so the sharing) until the blob is committed, then ends it.
+async fn emit(
+    p2p: Arc<P2p>,
+    partial: Arc<Partial>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    for i in 0..partial.info.hashes.len() {
+        loop {
+            let landed = partial.landed.notified();
+            if partial.has(i) {
+                break;
+            }
+            if partial.failed.load(Ordering::Acquire) || tx.is_closed() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), landed).await;
+        }
+        let p = partial.clone();
+        let read = tokio::task::spawn_blocking(move || p.read(i))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let item = match read {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(std::io::Error::other(format!("piece {i} vanished"))),
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        partial.set_next_emit(i + 1);
+        if tx.send(item).await.is_err() || failed {
+            p2p.partials.end(&partial.digest);
+            return;
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + COMMIT_WAIT;
+    let path = p2p.blobs.blob_path(&partial.digest);
+    while Instant::now() < deadline && !path.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p2p.partials.end(&partial.digest);
+}
+
+/// A small xorshift generator: random tie-breaks so that nodes pick different pieces.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(digest: &Digest, me: &str) -> Rng {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(digest.hex().as_bytes());
+        h.write(me.as_bytes());
+        Rng(h.finish() | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
     }
 }
 
@@ -768,11 +1183,6 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
-/// Attempts per piece on peers before the upstream is used.
-fn peers_len_hint(_pieces: usize) -> usize {
-    3
-}
-
 /// The [`ContentSource`] chain: peers, then the upstream.
 pub struct Chain(pub Arc<PeerSource>);
 
@@ -797,18 +1207,7 @@ impl ContentSource for Chain {
             let fetched = up.blob(ns, repo, digest).await?;
             Ok(fetched.map(|f| match self.0.p2p.down.clone() {
                 None => f,
-                Some(l) => FetchedBlob {
-                    body: Box::pin(f.body.then(move |item| {
-                        let l = l.clone();
-                        async move {
-                            if let Ok(b) = &item {
-                                l.take(b.len()).await;
-                            }
-                            item
-                        }
-                    })),
-                    ..f
-                },
+                Some(l) => throttle_blob(f, l),
             }))
         })
     }
@@ -838,24 +1237,74 @@ impl ContentSource for Chain {
     }
 }
 
-/// Middleware: caps blob response bandwidth and, in liar mode, corrupts ranged responses.
-pub async fn throttle_layer(
-    axum::extract::State(p2p): axum::extract::State<Arc<P2p>>,
+/// The node's HTTP hooks: rate limits, and (with the peer layer) the peer-only answers
+/// served from fetches in progress.
+pub struct HttpHooks {
+    p2p: Option<Arc<P2p>>,
+    /// Responses to `x-berth-peer` requests.
+    up_peers: Option<Arc<RateLimiter>>,
+    /// Every blob response.
+    up_all: Option<Arc<RateLimiter>>,
+}
+
+/// Adds `/berth/v1/peers` (with p2p) and the hooks layer to the node's router.
+pub fn wire_http(app: axum::Router, p2p: Option<&Arc<P2p>>, config: &P2pConfig) -> axum::Router {
+    let hooks = Arc::new(HttpHooks {
+        p2p: p2p.cloned(),
+        up_peers: limiter(config.rate_limit_mbps),
+        up_all: limiter(config.serve_rate_limit_mbps),
+    });
+    if hooks.p2p.is_none() && hooks.up_peers.is_none() && hooks.up_all.is_none() && !config.liar {
+        return app;
+    }
+    let app = match p2p {
+        Some(p2p) => app.route(
+            "/berth/v1/peers",
+            axum::routing::get(peers_handler).with_state(p2p.clone()),
+        ),
+        None => app,
+    };
+    app.layer(axum::middleware::from_fn_with_state(hooks, http_layer))
+}
+
+/// Middleware: answers peers from fetches in progress, caps blob response bandwidth and,
+/// in liar mode, corrupts ranged responses.
+async fn http_layer(
+    axum::extract::State(hooks): axum::extract::State<Arc<HttpHooks>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let is_blob = req.uri().path().starts_with("/v2/") && req.uri().path().contains("/blobs/");
+    let path = req.uri().path().to_owned();
+    let is_blob = path.starts_with("/v2/") && path.contains("/blobs/");
     let ranged = req.headers().contains_key("range");
     let peer = req.headers().contains_key(PEER_HEADER);
-    let resp = FROM_PEER.scope(peer, next.run(req)).await;
-    if !is_blob || (p2p.up.is_none() && !(p2p.liar() && ranged)) {
+    let liar = hooks.p2p.as_ref().is_some_and(|p| p.liar()) && ranged;
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let early = match (&hooks.p2p, req.method() == http::Method::GET) {
+        (Some(p2p), true) => peer_answer(p2p, range.as_deref(), &path, peer).await,
+        _ => None,
+    };
+    let resp = match early {
+        Some(r) => r,
+        None => FROM_PEER.scope(peer, next.run(req)).await,
+    };
+    let limits: Vec<Arc<RateLimiter>> = [
+        hooks.up_all.clone(),
+        hooks.up_peers.clone().filter(|_| peer),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !is_blob || (limits.is_empty() && !liar) {
         return resp;
     }
-    let liar = p2p.liar() && ranged;
-    let up = p2p.up.clone();
     let (parts, body) = resp.into_parts();
     let stream = body.into_data_stream().then(move |item| {
-        let up = up.clone();
+        let limits = limits.clone();
         async move {
             let item = item.map(|b| {
                 if liar && !b.is_empty() {
@@ -866,13 +1315,215 @@ pub async fn throttle_layer(
                     b
                 }
             });
-            if let (Some(l), Ok(b)) = (&up, &item) {
-                l.take(b.len()).await;
+            if let Ok(b) = &item {
+                for l in &limits {
+                    l.take(b.len()).await;
+                }
             }
             item
         }
     });
     axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, v: &serde_json::Value) -> axum::response::Response {
+    let mut resp = axum::response::Response::new(axum::body::Body::from(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// An OCI-style error body.
+fn oci_error(status: StatusCode, code: &str, message: &str) -> axum::response::Response {
+    json_response(
+        status,
+        &serde_json::json!({"errors": [{"code": code, "message": message}]}),
+    )
+}
+
+/// `<prefix><repo>/blobs/<digest>` → (repo, digest).
+fn repo_and_digest(path: &str, prefix: &str) -> Option<(RepoName, Digest)> {
+    let (repo, digest) = path.strip_prefix(prefix)?.rsplit_once("/blobs/")?;
+    Some((RepoName::parse(repo).ok()?, Digest::parse(digest).ok()?))
+}
+
+/// Requests a node answers from its fetches in progress (all other requests: `None`).
+/// Only public fetches are answered; anything else goes to the registry, which applies
+/// its authorization.
+async fn peer_answer(
+    p2p: &Arc<P2p>,
+    range: Option<&str>,
+    path: &str,
+    peer: bool,
+) -> Option<axum::response::Response> {
+    if let Some(rest) = path.strip_prefix("/berth/v1/pieces/") {
+        if !peer {
+            return Some(oci_error(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+                "the pieces endpoint is for berth peers (x-berth-peer header)",
+            ));
+        }
+        let Some((_, digest)) = repo_and_digest(&format!("/{rest}"), "/") else {
+            return Some(oci_error(
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
+                "expected /berth/v1/pieces/<repository>/blobs/<digest>",
+            ));
+        };
+        return Some(pieces_answer(p2p, &digest).await);
+    }
+    if !peer {
+        return None;
+    }
+    if let Some((_, digest)) = repo_and_digest(path, "/berth/v1/torrent/") {
+        let partial = p2p.partials.get(&digest).filter(|p| p.public)?;
+        let body = berth_registry::torrent::encode(&berth_registry::torrent::TorrentSpec {
+            name: digest.hex(),
+            length: partial.info.len,
+            pieces: &partial.info.hashes,
+            announce: None,
+            web_seed: None,
+        });
+        let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+        resp.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/x-bittorrent"),
+        );
+        return Some(resp);
+    }
+    let (_, digest) = repo_and_digest(path, "/v2/")?;
+    let partial = p2p.partials.get(&digest).filter(|p| p.public)?;
+    Some(serve_piece(&partial, range).await)
+}
+
+/// `GET /berth/v1/pieces/<repo>/blobs/<digest>`: the have-bitfield of a fetch in progress,
+/// `{"complete": true}` for a stored public blob, else `404`.
+async fn pieces_answer(p2p: &Arc<P2p>, digest: &Digest) -> axum::response::Response {
+    if let Some(partial) = p2p.partials.get(digest).filter(|p| p.public) {
+        return json_response(StatusCode::OK, &partial.describe());
+    }
+    let (p, d) = (p2p.clone(), digest.clone());
+    let stored = tokio::task::spawn_blocking(move || {
+        matches!(p.blobs.stat(&d), Ok(Some(_))) && p.visibility.blob_public(&d)
+    })
+    .await
+    .unwrap_or(false);
+    if stored {
+        return json_response(StatusCode::OK, &serde_json::json!({"complete": true}));
+    }
+    oci_error(
+        StatusCode::NOT_FOUND,
+        "BLOB_UNKNOWN",
+        &format!("no pieces of {digest} here"),
+    )
+}
+
+/// One whole piece of a fetch in progress (a peer's `Range` GET); `416` with
+/// [`PIECE_HEADER`] when it is not verified yet.
+async fn serve_piece(partial: &Arc<Partial>, range: Option<&str>) -> axum::response::Response {
+    let range = range
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(s, e)| Some((s.parse::<u64>().ok()?, e.parse::<u64>().ok()?)));
+    let piece = range.and_then(|(s, e)| partial.info.piece_of(s, e));
+    let Some(i) = piece else {
+        let mut resp = oci_error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "BLOB_UNKNOWN",
+            "this blob is still being fetched: ask for exactly one piece (see its .torrent)",
+        );
+        resp.headers_mut()
+            .insert(PIECE_HEADER, http::HeaderValue::from_static("unaligned"));
+        return resp;
+    };
+    let p = partial.clone();
+    let read = tokio::task::spawn_blocking(move || p.read(i))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match read {
+        Ok(Some(bytes)) => {
+            let (start, end) = partial.info.range(i);
+            let mut resp = axum::response::Response::new(axum::body::Body::from(bytes));
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(
+                "content-type",
+                http::HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert("content-length", http::HeaderValue::from(end - start + 1));
+            if let Ok(v) =
+                http::HeaderValue::from_str(&format!("bytes {start}-{end}/{}", partial.info.len))
+            {
+                h.insert("content-range", v);
+            }
+            resp
+        }
+        Ok(None) => {
+            let mut resp = oci_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                &format!("piece {i} is not here yet"),
+            );
+            resp.headers_mut()
+                .insert(PIECE_HEADER, http::HeaderValue::from_static("missing"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!(digest = %partial.digest, piece = i, error = %e, "cannot serve a piece");
+            oci_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                &format!("piece {i}: {e}"),
+            )
+        }
+    }
+}
+
+/// A content source whose blob bytes pass a download rate limit (the node without p2p).
+pub struct Throttled(pub Arc<dyn ContentSource>, pub Arc<RateLimiter>);
+
+impl ContentSource for Throttled {
+    fn blob<'a>(
+        &'a self,
+        ns: Option<&'a str>,
+        repo: &'a RepoName,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<FetchedBlob>, SourceError>> {
+        Box::pin(async move {
+            let fetched = self.0.blob(ns, repo, digest).await?;
+            Ok(fetched.map(|f| throttle_blob(f, self.1.clone())))
+        })
+    }
+
+    fn manifest<'a>(
+        &'a self,
+        ns: Option<&'a str>,
+        repo: &'a RepoName,
+        reference: &'a Reference,
+        cached: Option<&'a Digest>,
+    ) -> BoxFuture<'a, Result<ManifestAnswer, SourceError>> {
+        self.0.manifest(ns, repo, reference, cached)
+    }
+}
+
+fn throttle_blob(f: FetchedBlob, l: Arc<RateLimiter>) -> FetchedBlob {
+    FetchedBlob {
+        body: Box::pin(f.body.then(move |item| {
+            let l = l.clone();
+            async move {
+                if let Ok(b) = &item {
+                    l.take(b.len()).await;
+                }
+                item
+            }
+        })),
+        ..f
+    }
 }
 
 /// `GET /berth/v1/peers`: known peers, their addresses, what they provide, bytes received.

@@ -27,6 +27,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             config.listen,
             blobs.clone(),
             meta.clone(),
+            config
+                .auth
+                .enabled
+                .then(|| data_dir.join("metadata.sqlite"))
+                .as_deref(),
         )?)
     };
     let registry = Registry::new(config.registry.clone(), blobs, meta)
@@ -68,18 +73,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         false => None,
     };
     let app = registry.router();
-    let app = match &p2p {
-        Some(p2p) => app
-            .route(
-                "/berth/v1/peers",
-                axum::routing::get(crate::p2p::peers_handler).with_state(p2p.clone()),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                p2p.clone(),
-                crate::p2p::throttle_layer,
-            )),
-        None => app,
-    };
+    // Peer-layer routes and rate limits (issue 5; rate limits also without p2p).
+    let app = crate::p2p::wire_http(app, p2p.as_ref(), &config.p2p);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

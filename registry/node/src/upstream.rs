@@ -399,6 +399,7 @@ impl ContentSource for Upstreams {
                 origin: Origin::Upstream,
                 len,
                 body: Box::pin(body),
+                origin_at: None,
             }))
         })
     }
