@@ -314,6 +314,9 @@ fn aria2c_downloads_from_a_seeding_node_over_the_peer_protocol() -> Res {
                 .arg("aria2c")
                 .args(ARIA2_QUIET)
                 .args(["--seed-time=0", "--bt-stop-timeout=15"])
+                // A fresh listening port per attempt: a stalled attempt's address may be
+                // remembered by the seeder's session (the stall is per peer address).
+                .arg(format!("--listen-port={}", free_port()?))
                 .arg(format!("--dir={}", out.display()))
                 .arg(file));
             match result {
@@ -321,7 +324,14 @@ fn aria2c_downloads_from_a_seeding_node_over_the_peer_protocol() -> Res {
                 Err(e) if attempt < ARIA2_ATTEMPTS => {
                     eprintln!("WARNING: aria2c stalled on attempt {attempt} (librqbit interop stall, issue 5): {e}");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let log = node.log_text();
+                    let tail: String = log
+                        .chars()
+                        .skip(log.chars().count().saturating_sub(4000))
+                        .collect();
+                    return Err(fail(format!("{e}\nnode log (tail):\n{tail}")));
+                }
             }
         }
         let got = std::fs::read(out.join(digest.trim_start_matches("sha256:")))?;
