@@ -235,12 +235,25 @@ impl UploadWriter {
 
     /// Appends bytes (buffered; see [`UploadWriter::flush`]).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.accept(bytes)?;
+        self.chunks.update(bytes);
+        self.start_writeback()
+    }
+
+    /// Writes `bytes` to the staging buffer and into the digest, without the piece hashes,
+    /// which the caller feeds to `self.chunks` (possibly on another thread) when, and only
+    /// when, this succeeds.
+    fn accept(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.out
             .write(bytes)
             .map_err(io_err(|| format!("writing {}", self.data_path.display())))?;
         self.hasher.update(bytes);
-        self.chunks.update(bytes);
         self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Every [`writeback::WRITEBACK_STEP`] bytes, asks the kernel to start writing back.
+    fn start_writeback(&mut self) -> Result<(), StorageError> {
         if self.len - self.writeback_from >= writeback::WRITEBACK_STEP {
             self.flush()?;
             writeback::start(
@@ -276,13 +289,7 @@ impl UploadWriter {
         let start_len = self.len;
         let task = tokio::task::spawn_blocking(move || {
             let mut writer = self;
-            let mut result = Ok(());
-            while let Some(frame) = rx.blocking_recv() {
-                result = writer.write(&frame);
-                if result.is_err() {
-                    break;
-                }
-            }
+            let result = std::thread::scope(|scope| write_frames(&mut writer, &mut rx, scope));
             let result = result.and_then(|()| writer.flush());
             (writer, result)
         });
@@ -338,6 +345,80 @@ impl UploadWriter {
     }
 }
 
+/// A body larger than this gets its piece hashes (crc32 + SHA-1 per chunk) computed on a
+/// second thread while this one writes and computes the digest: on a 256 MiB push, sha256
+/// and SHA-1 were each ~27% of the node's CPU samples, one after the other on one thread
+/// (docs/benchmarks.md). Smaller bodies hash inline (a thread costs ~30 µs).
+const PIECE_THREAD_AFTER: u64 = 4 << 20;
+/// Frames queued for the piece-hash thread (frames are `Bytes`: shared, not copied).
+const PIECE_QUEUE_DEPTH: usize = 64;
+
+/// `write_stream`'s blocking side: writes every frame, and hashes pieces inline or, past
+/// [`PIECE_THREAD_AFTER`], on a scoped helper thread fed with the frames this wrote. The
+/// piece hasher sees exactly the bytes the digest saw, in order; it is back in `writer`
+/// when this returns.
+fn write_frames<'scope>(
+    writer: &mut UploadWriter,
+    rx: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    scope: &'scope std::thread::Scope<'scope, '_>,
+) -> Result<(), StorageError> {
+    type Helper<'scope> = (
+        std::sync::mpsc::SyncSender<Bytes>,
+        std::thread::ScopedJoinHandle<'scope, Option<ChunkHasher>>,
+    );
+    let mut helper: Option<Helper<'scope>> = None;
+    let mut streamed = 0u64;
+    let mut result = Ok(());
+    while let Some(frame) = rx.blocking_recv() {
+        streamed += frame.len() as u64;
+        if helper.is_none() && streamed > PIECE_THREAD_AFTER {
+            let (tx, piece_rx) = std::sync::mpsc::sync_channel::<Bytes>(PIECE_QUEUE_DEPTH);
+            // The hasher moves to the thread only once the thread exists: if it cannot be
+            // started, hashing simply stays inline.
+            let (start_tx, start_rx) = std::sync::mpsc::sync_channel::<ChunkHasher>(1);
+            let spawned = std::thread::Builder::new()
+                .name("berth-pieces".into())
+                .spawn_scoped(scope, move || {
+                    let mut pieces = start_rx.recv().ok()?;
+                    for frame in piece_rx {
+                        pieces.update(&frame);
+                    }
+                    Some(pieces)
+                });
+            match spawned {
+                Ok(handle) => {
+                    // Cannot fail: the thread waits for exactly this message.
+                    let _ = start_tx.send(std::mem::take(&mut writer.chunks));
+                    helper = Some((tx, handle));
+                }
+                Err(e) => tracing::warn!(error = %e, "no piece-hash thread; hashing inline"),
+            }
+        }
+        result = match &helper {
+            None => writer.write(&frame),
+            Some((tx, _)) => writer.accept(&frame).and_then(|()| {
+                // The helper only stops when this sender is dropped: a send cannot fail
+                // while it runs, and if it panicked, the join below reports it.
+                let _ = tx.send(frame);
+                writer.start_writeback()
+            }),
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    if let Some((tx, handle)) = helper {
+        drop(tx);
+        match handle.join() {
+            Ok(Some(pieces)) => writer.chunks = pieces,
+            // Only if the hand-over above failed, i.e. the thread died first: a bug.
+            Ok(None) => unreachable!("piece-hash thread ended without its hasher"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +462,41 @@ mod tests {
             b"hello"
         );
         store.verify(&good, true).expect("verifies");
+    }
+
+    /// A body past `PIECE_THREAD_AFTER` hashes its pieces on the helper thread, across two
+    /// `write_stream` calls (a chunked upload): the index must equal one computed inline
+    /// over the same bytes, piece for piece.
+    #[test]
+    fn threaded_piece_hashes_match_inline_ones() {
+        let (_dir, store) = store(crate::io::default_engine());
+        let content: Vec<u8> = (0..(9 << 20) + 4321u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let frames = |bytes: &[u8]| {
+            let frames: Vec<Result<Bytes, std::convert::Infallible>> = bytes
+                .chunks(48 * 1024 + 7)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            futures_util::stream::iter(frames)
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let w = UploadWriter::create(&store, Algorithm::Sha256).expect("create");
+        let split = (5 << 20) + 99;
+        let (w, r) = rt.block_on(w.write_stream(frames(&content[..split]), u64::MAX));
+        r.expect("first part");
+        let (w, r) = rt.block_on(w.write_stream(frames(&content[split..]), u64::MAX));
+        r.expect("second part");
+        let digest = Digest::sha256_of(&content);
+        store.commit(w, &digest).expect("commit");
+        let mut inline = ChunkHasher::default();
+        inline.update(&content);
+        let want = inline.finish();
+        let got = store.read_index(&digest).expect("index").expect("present");
+        assert_eq!(got.encode(), want.encode(), "piece hashes differ");
+        store.verify(&digest, true).expect("verifies");
     }
 
     #[test]
