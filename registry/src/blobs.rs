@@ -249,11 +249,11 @@ fn read_linked(
     found(Some(content))
 }
 
-/// Reads one whole chunk of a blob, checked against its crc32.
+/// Reads one whole chunk of a blob, checked against its crc32, into a buffer of its own.
 fn read_checked(blob: &VerifiedBlob, chunk: u64) -> Result<Bytes, StorageError> {
     // Sized to the chunk: zeroing a whole MiB for a 4 KiB blob cut small GETs to a quarter.
-    let mut buf = BytesMut::zeroed(blob.chunk_len(chunk));
-    let n = blob.read_chunk(chunk, &mut buf)?;
+    let mut buf = BytesMut::new();
+    let n = read_checked_into(blob, chunk, &mut buf)?;
     buf.truncate(n);
     Ok(buf.freeze())
 }
@@ -286,18 +286,15 @@ fn stream_chunks(
         let mut scratch = BytesMut::new();
         for chunk in next_chunk..=end / CHUNK_SIZE {
             let chunk_start = chunk * CHUNK_SIZE;
+            let keep = (end + 1 - chunk_start).min(blob.chunk_len(chunk) as u64) as usize;
             let read = match &region_file {
                 // Checked in the scratch buffer, sent from the file (or, when every
                 // zero-copy slot is taken, copied out of the scratch buffer).
-                Some(file) => read_checked_into(&blob, chunk, &mut scratch).map(|n| {
-                    let keep = (end + 1 - chunk_start).min(n as u64) as usize;
+                Some(file) => read_checked_into(&blob, chunk, &mut scratch).map(|_| {
                     crate::zerocopy::file_region(file, chunk_start, keep)
                         .unwrap_or_else(|| Bytes::copy_from_slice(&scratch[..keep]))
                 }),
-                None => read_checked(&blob, chunk).map(|bytes| {
-                    let keep = (end + 1 - chunk_start).min(bytes.len() as u64);
-                    bytes.slice(..keep as usize)
-                }),
+                None => read_checked(&blob, chunk).map(|bytes| bytes.slice(..keep)),
             };
             let item = match read {
                 Ok(bytes) => Ok(bytes),

@@ -693,21 +693,7 @@ async fn build(
         &layers,
     )
     .map_err(OciError::from)?;
-    let (r2, repo2) = (reg.clone(), repo.clone());
-    blocking(move || {
-        let parsed = manifest::parse(&content, Some(image::OCI_MANIFEST))?;
-        let digest = Digest::sha256_of(&content);
-        r2.meta.put_manifest(NewManifest {
-            repo: &repo2,
-            digest: &digest,
-            parsed: &parsed,
-            content: &content,
-            tag: None,
-            tag_options: Default::default(),
-        })?;
-        Ok(digest)
-    })
-    .await
+    record_derived(reg, repo, content, image::OCI_MANIFEST).await
 }
 
 /// Derives every image child of an index and stores the new index.
@@ -741,21 +727,7 @@ async fn build_index(
     let children = futures_util::future::try_join_all(jobs).await?;
     let content = image::rewrite_index(&source.content, &source.digest, variant.name(), &children)
         .map_err(OciError::from)?;
-    let (r2, repo2) = (reg.clone(), repo.clone());
-    blocking(move || {
-        let parsed = manifest::parse(&content, Some(image::OCI_INDEX))?;
-        let digest = Digest::sha256_of(&content);
-        r2.meta.put_manifest(NewManifest {
-            repo: &repo2,
-            digest: &digest,
-            parsed: &parsed,
-            content: &content,
-            tag: None,
-            tag_options: Default::default(),
-        })?;
-        Ok(digest)
-    })
-    .await
+    record_derived(reg, repo, content, image::OCI_INDEX).await
 }
 
 /// [`derive`] for an index's child, boxed as a `Send` future: derive -> build ->
@@ -985,4 +957,29 @@ pub(crate) fn after_push(reg: &Shared, repo: &RepoName, reference: &str) {
         }
     };
     tokio::spawn(task);
+}
+
+/// Records a derived manifest or index (untagged, so GC sees its references) and returns its
+/// digest.
+async fn record_derived(
+    reg: &Shared,
+    repo: &RepoName,
+    content: Vec<u8>,
+    media_type: &'static str,
+) -> Result<Digest, OciError> {
+    let (r2, repo2) = (reg.clone(), repo.clone());
+    blocking(move || {
+        let parsed = manifest::parse(&content, Some(media_type))?;
+        let digest = Digest::sha256_of(&content);
+        r2.meta.put_manifest(NewManifest {
+            repo: &repo2,
+            digest: &digest,
+            parsed: &parsed,
+            content: &content,
+            tag: None,
+            tag_options: Default::default(),
+        })?;
+        Ok(digest)
+    })
+    .await
 }
