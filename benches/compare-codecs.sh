@@ -48,17 +48,13 @@ printf '%s\n' "date: $(date -u '+%F %H:%M') UTC, $(zstd --version | grep -o 'v[0
 printf '%s\n' "input: $what, $tar_bytes bytes ($(stat -c %s $w/layer.tar.gz) gzip -6, $(stat -c %s $w/layer.tar.zst) zstd -3)"
 printf '| conversion | berth s | berth MB/s | berth CPU s | reference | ref s | ref MB/s | ref CPU s | speed berth ÷ ref | CPU ref ÷ berth | berth bytes | ref bytes |\n'
 printf '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n'
-row() { # name berth-args (OUT = output file) ref-command ext
-    local name=$1 args=$2 ref=$3 ext=$4 i
-    : >"$w/b" && : >"$w/r"
-    for i in $(seq "$runs"); do
-        measure "$codec transcode ${args/OUT/berth.$ext}" >>"$w/b"
-        measure "$ref >$w/ref.$ext" >>"$w/r"
-    done
-    # The outputs must decode to the original tar.
+# summarize NAME REF-COMMAND BERTH-OUTPUT EXT: checks that BERTH-OUTPUT decodes to the input
+# and prints the table row from the timings in $w/b (berth) and $w/r (reference).
+summarize() {
+    local name=$1 ref=$2 out=$3 ext=$4
     case $ext in
-        gz) pigz -dc "$w/berth.$ext" | cmp -s - "$w/layer.tar" ;;
-        zst) zstd -qdc "$w/berth.$ext" | cmp -s - "$w/layer.tar" ;;
+        gz) pigz -dc "$out" | cmp -s - "$w/layer.tar" ;;
+        zst) zstd -qdc "$out" | cmp -s - "$w/layer.tar" ;;
     esac || { echo "berth output of $name does not decode to the input" >&2; exit 1; }
     local bw bc rw rc ref_md=${ref//|/\\|}
     bw=$(cut -d' ' -f1 "$w/b" | median) bc=$(cut -d' ' -f2 "$w/b" | median)
@@ -67,8 +63,34 @@ row() { # name berth-args (OUT = output file) ref-command ext
         "$bw" "$(echo "$tar_bytes / $bw / 1000000" | bc -l)" "$bc" "$ref_md" \
         "$rw" "$(echo "$tar_bytes / $rw / 1000000" | bc -l)" "$rc" \
         "$(echo "$rw / $bw" | bc -l)" "$(echo "$rc / $bc" | bc -l)" \
-        "$(stat -c %s "$w/berth.$ext")" "$(stat -c %s "$w/ref.$ext")"
+        "$(stat -c %s "$out")" "$(stat -c %s "$w/ref.$ext")"
 }
+row() { # name berth-args (OUT = output file) ref-command ext
+    local name=$1 args=$2 ref=$3 ext=$4 i
+    : >"$w/b" && : >"$w/r"
+    for i in $(seq "$runs"); do
+        measure "$codec transcode ${args/OUT/berth.$ext}" >>"$w/b"
+        measure "$ref >$w/ref.$ext" >>"$w/r"
+    done
+    summarize "$name" "$ref" "$w/berth.$ext" "$ext"
+}
+# The node's own path: the layer read from a blob store (crc-checked, a stored tar is not
+# re-hashed), the output written and committed through an UploadWriter (digest, piece
+# hashes, fsync). The reference writes its output to a file.
+"$codec" store "$w/store" layer.tar >"$w/stored-digest"
+stored_digest=$(cat "$w/stored-digest")
+row_stored() { # name to ref-command ext
+    local name=$1 to=$2 ref=$3 ext=$4 i out
+    : >"$w/b" && : >"$w/r"
+    for i in $(seq "$runs"); do
+        measure "$codec stored $w/store $stored_digest none $to" >>"$w/b"
+        measure "$ref >$w/ref.$ext" >>"$w/r"
+    done
+    out=$("$codec" stored "$w/store" "$stored_digest" none "$to" | cut -d' ' -f1)
+    summarize "$name" "$ref" "$w/store/blobs/sha256/${out:7:2}/${out:7}" "$ext"
+}
+row_stored "tar → zstd (node path: store in, store out)" zstd "zstd -q -3 -T0 -c layer.tar" zst
+row_stored "tar → gzip (node path: store in, store out)" gzip "pigz -6 -c layer.tar" gz
 row "tar → gzip" "none gzip layer.tar OUT" "pigz -6 -c layer.tar" gz
 row "tar → gzip (berth level 9)" "none gzip layer.tar OUT 9" "pigz -6 -c layer.tar" gz
 row "tar → zstd" "none zstd layer.tar OUT" "zstd -q -3 -T0 -c layer.tar" zst

@@ -5,12 +5,20 @@
 //! `codec transcode FROM TO IN OUT [LEVEL [THREADS]]` (FROM/TO: none, gzip, zstd) converts IN to OUT
 //! with the production settings (or the given gzip / zstd LEVEL, for equal-ratio
 //! comparisons, and THREADS, 0 = all cores) and prints the new digest, size and diff_id.
+//!
+//! `codec store DIR IN` puts IN into a blob store at DIR (prints its digest), and
+//! `codec stored DIR DIGEST FROM TO` converts that stored layer the way the node does: read
+//! through the store's crc-checked reader (a stored tar is not re-hashed: its digest is its
+//! diff_id), converted, written and committed through an `UploadWriter` (digest, piece
+//! hashes, fsync), so that the timing includes everything a conversion costs the node.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::process::ExitCode;
 
-use berth_transcoder::{transcode, Compression, TranscoderConfig};
+use berth_oci::{Algorithm, Digest};
+use berth_storage::{BlobStore, UploadWriter};
+use berth_transcoder::{transcode, Compression, DiffId, TranscoderConfig};
 
 #[path = "../benches/support/layer_data.rs"]
 mod layer_data;
@@ -55,10 +63,70 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{} {} diff_id={}", done.digest, done.size, done.diff_id);
             Ok(())
         }
+        [cmd, dir, input] if cmd == "store" => {
+            let store = BlobStore::open(dir.as_ref()).map_err(|e| e.to_string())?;
+            let mut w =
+                UploadWriter::create(&store, Algorithm::Sha256).map_err(|e| e.to_string())?;
+            let mut file = File::open(input).map_err(|e| format!("opening {input}: {e}"))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut hasher = Algorithm::Sha256.hasher();
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                w.write(&buf[..n]).map_err(|e| e.to_string())?;
+            }
+            let digest = hasher.finish();
+            store.commit(w, &digest).map_err(|e| e.to_string())?;
+            println!("{digest}");
+            Ok(())
+        }
+        [cmd, dir, digest, from, to] if cmd == "stored" => {
+            let parse = |s: &str| Compression::parse(s).ok_or(format!("unknown compression {s}"));
+            let (from, to) = (parse(from)?, parse(to)?);
+            let digest = Digest::parse(digest).map_err(|e| e.to_string())?;
+            let store = BlobStore::open(dir.as_ref()).map_err(|e| e.to_string())?;
+            let blob = store
+                .open_verified(&digest)
+                .map_err(|e| e.to_string())?
+                .ok_or(format!("{digest} is not stored in {dir}"))?;
+            let len = blob.len;
+            let known = match from {
+                Compression::None => DiffId::KnownInput(&digest),
+                _ => DiffId::Unchecked,
+            };
+            let w = UploadWriter::create(&store, Algorithm::Sha256).map_err(|e| e.to_string())?;
+            let sink = WriterSink(w);
+            let config = TranscoderConfig::default();
+            let (done, sink) = transcode(&config, from, to, blob.into_reader(), len, known, sink)
+                .map_err(|e| e.to_string())?;
+            store
+                .commit(sink.0, &done.digest)
+                .map_err(|e| e.to_string())?;
+            println!("{} {} diff_id={}", done.digest, done.size, done.diff_id);
+            Ok(())
+        }
         _ => Err(
-            "usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT [LEVEL [THREADS]]"
+            "usage: codec gen OUT SIZE_MIB | codec transcode FROM TO IN OUT [LEVEL [THREADS]] \
+             | codec store DIR IN | codec stored DIR DIGEST FROM TO"
                 .into(),
         ),
+    }
+}
+
+/// An upload writer as the conversion's output (as the node's `StorageSink`).
+struct WriterSink(UploadWriter);
+
+impl Write for WriterSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(std::io::Error::other)
     }
 }
 

@@ -31,7 +31,7 @@
 //! are recorded for GC.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,9 +43,9 @@ use axum::response::{IntoResponse, Response};
 use berth_oci::manifest::{self, Descriptor, ManifestKind};
 use berth_oci::{Algorithm, Digest, RepoName, Tag};
 use berth_storage::meta::{NewManifest, StoredManifest};
-use berth_storage::{StorageError, UploadWriter};
+use berth_storage::{CheckedReader, StorageError, UploadWriter};
 use berth_transcoder::image::{self, LayerOut};
-use berth_transcoder::{Compression, TranscodeError, TranscoderConfig};
+use berth_transcoder::{Compression, DiffId, TranscodeError, TranscoderConfig};
 use bytes::Bytes;
 
 use crate::error::{ErrorCode, OciError};
@@ -584,15 +584,18 @@ fn layer_compression(d: &Descriptor) -> Result<Compression, OciError> {
     })
 }
 
-fn open_layer(reg: &Shared, d: &Descriptor) -> Result<(BufReader<std::fs::File>, u64), OciError> {
-    let blob = reg.blobs.open_blob(&d.digest)?.ok_or_else(|| {
+/// A stored layer for reading from start to end, every 1 MiB chunk checked against its crc32
+/// before its bytes are used (so a conversion of a stored tar need not re-hash it).
+fn open_layer(reg: &Shared, d: &Descriptor) -> Result<(CheckedReader, u64), OciError> {
+    let blob = reg.blobs.open_verified(&d.digest)?.ok_or_else(|| {
         OciError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::BlobUnknown,
             format!("layer {} missing", d.digest),
         )
     })?;
-    Ok((BufReader::with_capacity(1 << 20, blob.file), blob.len))
+    let len = blob.len;
+    Ok((blob.into_reader(), len))
 }
 
 /// Converts one layer (blocking). Same compression in and out keeps the blob.
@@ -615,10 +618,14 @@ fn convert_layer(
         .entered();
     let (input, len) = open_layer(reg, d)?;
     let cfg = reg.derived.transcoder.clone();
+    // A stored tar whose digest is its diff_id, read through checked reads: not re-hashed.
+    let known = match &diff_id {
+        Some(id) if from == Compression::None && *id == d.digest => DiffId::KnownInput(id),
+        other => other.as_ref().into(),
+    };
     let done = store_blob(reg, repo, |sink| {
-        let (done, sink) =
-            berth_transcoder::transcode(&cfg, from, to, input, len, diff_id.as_ref(), sink)
-                .map_err(|e| layer_error(e, &d.digest))?;
+        let (done, sink) = berth_transcoder::transcode(&cfg, from, to, input, len, known, sink)
+            .map_err(|e| layer_error(e, &d.digest))?;
         Ok((done.clone(), done.digest, done.size, sink))
     })?;
     reg.metrics

@@ -85,6 +85,15 @@ pub struct FetchedBlob {
     /// (the node's piece fetch: some pieces from peers, some from the upstream); `None`:
     /// every byte is from [`FetchedBlob::origin`]. Used for `berth_blob_bytes_total`.
     pub origin_at: Option<OriginAt>,
+    /// SHA-1 of every 1 MiB piece (`berth_storage::CHUNK_SIZE`), when the source already
+    /// checked each piece against them (the node's piece fetch): the write pass then skips
+    /// computing them (`UploadWriter::use_known_piece_sha1s`). `None`: computed as written.
+    pub piece_sha1s: Option<Vec<[u8; 20]>>,
+    /// A file on the store's file system that already holds every byte of the body at its
+    /// offset (the node's piece fetch writes verified pieces into one, and streams the body
+    /// by reading them back, checked): the write pass adopts it as the staging file instead
+    /// of writing every byte a second time (`UploadWriter::create_over`). `None`: written.
+    pub stored_in: Option<std::path::PathBuf>,
 }
 
 /// Byte offset → where the frame starting there came from.
@@ -366,7 +375,23 @@ async fn write_through(
     };
     let blobs = reg.blobs.clone();
     let algorithm = digest.algorithm();
-    let writer = match blocking(move || Ok(UploadWriter::create(&blobs, algorithm)?)).await {
+    let (known, stored_in) = (fetched.piece_sha1s, fetched.stored_in);
+    let writer = blocking(move || {
+        let adopted = stored_in.and_then(|path| {
+            UploadWriter::create_over(&blobs, algorithm, &path)
+                .map_err(|e| tracing::warn!(error = %e, "writing the fetched blob instead"))
+                .ok()
+        });
+        let mut writer = match adopted {
+            Some(w) => w,
+            None => UploadWriter::create(&blobs, algorithm)?,
+        };
+        if let Some(sha1s) = known {
+            writer.use_known_piece_sha1s(sha1s)?;
+        }
+        Ok(writer)
+    });
+    let writer = match writer.await {
         Ok(w) => w,
         Err(e) => {
             abort(&client, e.message.clone());

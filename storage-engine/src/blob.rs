@@ -40,6 +40,10 @@ pub enum StorageError {
     /// No upload session with this id.
     #[error("upload {0} not found")]
     UploadUnknown(String),
+    /// Piece hashes given for an upload (`UploadWriter::use_known_piece_sha1s`) do not fit
+    /// its bytes, or came too late.
+    #[error("piece hashes: {0}")]
+    PieceHashes(String),
     /// A stored blob's bytes do not match its checksums.
     #[error("blob {digest} is corrupt: {detail}")]
     Corrupt {
@@ -112,6 +116,48 @@ impl VerifiedBlob {
             });
         }
         Ok(len)
+    }
+
+    /// A sequential reader over the whole blob that checks every chunk's crc32 before
+    /// handing out its bytes (one chunk buffer of [`CHUNK_SIZE`]). A corrupt chunk is an
+    /// `InvalidData` error carrying the [`StorageError::Corrupt`] message.
+    pub fn into_reader(self) -> CheckedReader {
+        CheckedReader {
+            blob: self,
+            buf: Vec::new(),
+            pos: 0,
+            next_chunk: 0,
+        }
+    }
+}
+
+/// See [`VerifiedBlob::into_reader`].
+#[derive(Debug)]
+pub struct CheckedReader {
+    blob: VerifiedBlob,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out.
+    pos: usize,
+    next_chunk: u64,
+}
+
+impl io::Read for CheckedReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.next_chunk * CHUNK_SIZE >= self.blob.len {
+                return Ok(0);
+            }
+            self.buf.resize(self.blob.chunk_len(self.next_chunk), 0);
+            self.blob
+                .read_chunk(self.next_chunk, &mut self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            self.next_chunk += 1;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -582,6 +628,10 @@ mod tests {
             let blob = store.open_verified(&digest).expect("open").expect("exists");
             assert_eq!(read_all(&blob).expect("reads"), data, "{engine:?}");
         }
+        let mut through_reader = Vec::new();
+        let reader = store.open_verified(&digest).expect("open").expect("exists");
+        std::io::copy(&mut reader.into_reader(), &mut through_reader).expect("reader");
+        assert_eq!(through_reader, data, "{engine:?}");
         // The index sidecar is no longer read on open (cached) ...
         let idx = store.index_path(&digest);
         let idx_bytes = std::fs::read(&idx).expect("idx");
@@ -604,6 +654,13 @@ mod tests {
         blob.read_chunk(2, &mut buf).expect("chunk 2 intact");
         let err = blob.read_chunk(3, &mut buf).expect_err("chunk 3 corrupt");
         assert!(err.to_string().contains("chunk 3 fails its crc32"), "{err}");
+        // The sequential reader hands out chunks 0..=2 and then fails: no corrupt byte out.
+        let mut reader = blob.into_reader();
+        let mut good = Vec::new();
+        let err = std::io::copy(&mut reader, &mut good).expect_err("reader stops");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("chunk 3 fails its crc32"), "{err}");
+        assert_eq!(good, data[..3 << 20]);
         let err = store.verify(&digest, false).expect_err("scrub");
         assert!(err.to_string().contains("chunk 3"), "{err}");
 

@@ -24,7 +24,7 @@ pub mod meta;
 pub mod retention;
 mod upload;
 
-pub use blob::{BlobFile, BlobStore, ScrubReport, StorageError, VerifiedBlob};
+pub use blob::{BlobFile, BlobStore, CheckedReader, ScrubReport, StorageError, VerifiedBlob};
 pub use chunks::{ChunkHasher, ChunkIndex, CHUNK_SIZE};
 pub use io::{IoEngine, IoEngineChoice};
 pub use meta::sqlite::SqliteMetadata;

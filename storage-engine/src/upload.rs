@@ -71,6 +71,9 @@ pub(crate) struct Staging {
     /// Bytes in the file.
     written: u64,
     engine: IoEngine,
+    /// The file already holds every byte at its offset (see [`UploadWriter::create_over`]):
+    /// appends only count.
+    prefilled: bool,
 }
 
 impl Staging {
@@ -80,11 +83,16 @@ impl Staging {
             buffer: Vec::with_capacity(WRITE_BUFFER_SIZE),
             written,
             engine,
+            prefilled: false,
         }
     }
 
     /// Appends `bytes`: large ones straight to the file (no copy), small ones via the buffer.
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.prefilled {
+            self.written += bytes.len() as u64;
+            return Ok(());
+        }
         if self.buffer.len() + bytes.len() > WRITE_BUFFER_SIZE {
             self.flush()?;
         }
@@ -178,6 +186,47 @@ impl UploadWriter {
         })
     }
 
+    /// Starts a session over a file that already holds the blob's bytes at their offsets
+    /// (the node's piece fetch writes verified pieces, out of order, into such a file): the
+    /// file is hard-linked in as the staging file, and the bytes then streamed into the
+    /// writer are hashed and counted but not written again. For callers whose streamed bytes
+    /// *are* that file's contents (read back from it, checked): the commit still checks the
+    /// digest of what was streamed and that the file is exactly as long. `source` must be on
+    /// the store's file system (else an error: create an ordinary session instead).
+    pub fn create_over(
+        store: &BlobStore,
+        algorithm: Algorithm,
+        source: &std::path::Path,
+    ) -> Result<UploadWriter, StorageError> {
+        let id = UploadId::generate();
+        let dir = store.upload_dir(&id);
+        fs::create_dir_all(&dir).map_err(io_err(|| format!("creating {}", dir.display())))?;
+        let data_path = dir.join("data");
+        let linked = fs::hard_link(source, &data_path)
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&data_path));
+        let file = match linked {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(io_err(|| {
+                    format!("linking {} as {}", source.display(), data_path.display())
+                })(e));
+            }
+        };
+        let mut out = Staging::new(file, 0, store.engine());
+        out.prefilled = true;
+        Ok(UploadWriter {
+            id,
+            dir,
+            data_path,
+            out,
+            len: 0,
+            writeback_from: 0,
+            hasher: algorithm.hasher(),
+            chunks: ChunkHasher::default(),
+        })
+    }
+
     /// Reopens a session from its staging file (after a restart, or when its in-memory state
     /// was evicted), re-hashing what was received so far.
     pub fn resume(store: &BlobStore, id: UploadId) -> Result<UploadWriter, StorageError> {
@@ -221,6 +270,20 @@ impl UploadWriter {
     /// The session id.
     pub fn id(&self) -> &UploadId {
         &self.id
+    }
+
+    /// Takes the piece SHA-1s from `sha1s` instead of computing them (see
+    /// [`ChunkHasher::with_known_sha1s`]): only for bytes each of whose [`CHUNK_SIZE`] pieces
+    /// was already checked against exactly these hashes. Only before the first byte; the
+    /// commit refuses a blob whose chunk count differs from `sha1s.len()`.
+    pub fn use_known_piece_sha1s(&mut self, sha1s: Vec<[u8; 20]>) -> Result<(), StorageError> {
+        if self.len != 0 {
+            return Err(StorageError::PieceHashes(
+                "they can only be given before the first byte".into(),
+            ));
+        }
+        self.chunks = ChunkHasher::with_known_sha1s(sha1s);
+        Ok(())
     }
 
     /// Bytes received so far.
@@ -334,6 +397,29 @@ impl UploadWriter {
     /// session being committed is not resumed after a crash.
     pub(crate) fn seal(mut self) -> Result<Sealed, StorageError> {
         self.flush()?;
+        if self.out.prefilled {
+            let on_disk = self
+                .out
+                .file
+                .metadata()
+                .map_err(io_err(|| format!("stat {}", self.data_path.display())))?
+                .len();
+            if on_disk != self.len {
+                return Err(StorageError::Io {
+                    context: format!("sealing {}", self.data_path.display()),
+                    source: io::Error::other(format!(
+                        "the file holds {on_disk} bytes, {} were streamed",
+                        self.len
+                    )),
+                });
+            }
+        }
+        if !self.chunks.fits(self.len) {
+            return Err(StorageError::PieceHashes(format!(
+                "{} bytes are not as many chunks as the hashes given for them",
+                self.len
+            )));
+        }
         Ok(Sealed {
             staging: self.out,
             dir: self.dir,
@@ -371,7 +457,8 @@ fn write_frames<'scope>(
     let mut result = Ok(());
     while let Some(frame) = rx.blocking_recv() {
         streamed += frame.len() as u64;
-        if helper.is_none() && streamed > PIECE_THREAD_AFTER {
+        // Known SHA-1s leave only CRC32 (memory speed): not worth a thread.
+        if helper.is_none() && streamed > PIECE_THREAD_AFTER && !writer.chunks.sha1s_known() {
             let (tx, piece_rx) = std::sync::mpsc::sync_channel::<Bytes>(PIECE_QUEUE_DEPTH);
             // The hasher moves to the thread only once the thread exists: if it cannot be
             // started, hashing simply stays inline.
@@ -497,6 +584,98 @@ mod tests {
         let got = store.read_index(&digest).expect("index").expect("present");
         assert_eq!(got.encode(), want.encode(), "piece hashes differ");
         store.verify(&digest, true).expect("verifies");
+    }
+
+    /// A session over a pre-filled file commits that very file (no second write), with the
+    /// digest of what was streamed; a length mismatch or a wrong digest commits nothing.
+    #[test]
+    fn a_prefilled_file_is_adopted_not_rewritten() {
+        let (dir, store) = store(crate::io::default_engine());
+        let content: Vec<u8> = (0..(3 << 20) + 5u32).map(|i| (i % 241) as u8).collect();
+        let digest = Digest::sha256_of(&content);
+        let source = dir.path().join("pieces");
+        std::fs::write(&source, &content).expect("pieces");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let frames = |bytes: &[u8]| {
+            let frames: Vec<Result<Bytes, std::convert::Infallible>> = bytes
+                .chunks(1 << 20)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            futures_util::stream::iter(frames)
+        };
+        let w = UploadWriter::create_over(&store, Algorithm::Sha256, &source).expect("over");
+        let (w, r) = rt.block_on(w.write_stream(frames(&content), u64::MAX));
+        r.expect("stream");
+        store.commit(w, &digest).expect("commit");
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (
+            std::fs::metadata(&source).expect("source"),
+            std::fs::metadata(store.blob_path(&digest)).expect("blob"),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "the same file");
+        store.verify(&digest, true).expect("verifies");
+
+        // Streamed fewer bytes than the file holds: refused.
+        let w = UploadWriter::create_over(&store, Algorithm::Sha256, &source).expect("over");
+        let short = &content[..2 << 20];
+        let (w, r) = rt.block_on(w.write_stream(frames(short), u64::MAX));
+        r.expect("stream");
+        let err = store
+            .commit(w, &Digest::sha256_of(short))
+            .expect_err("short");
+        assert!(err.to_string().contains("were streamed"), "{err}");
+        // Streamed other bytes than claimed: the digest check refuses them.
+        let w = UploadWriter::create_over(&store, Algorithm::Sha256, &source).expect("over");
+        let mut other = content.clone();
+        other[7] ^= 1;
+        let (w, r) = rt.block_on(w.write_stream(frames(&other), u64::MAX));
+        r.expect("stream");
+        assert!(matches!(
+            store.commit(w, &digest),
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        // A source that does not exist is an error, and leaves no session behind.
+        assert!(
+            UploadWriter::create_over(&store, Algorithm::Sha256, &dir.path().join("no")).is_err()
+        );
+    }
+
+    /// Piece SHA-1s given in advance end up in the index as given (only CRC32 is computed);
+    /// a count that does not fit the bytes is refused at commit, and late hashes are refused.
+    #[test]
+    fn known_piece_hashes_are_used_and_must_fit() {
+        let (_dir, store) = store(crate::io::default_engine());
+        let content: Vec<u8> = (0..(2 << 20) + 10u32).map(|i| (i % 253) as u8).collect();
+        let mut computed = ChunkHasher::default();
+        computed.update(&content);
+        let want = computed.finish();
+        let digest = Digest::sha256_of(&content);
+
+        let mut w = UploadWriter::create(&store, Algorithm::Sha256).expect("create");
+        w.use_known_piece_sha1s(want.sha1s.clone()).expect("hashes");
+        w.write(&content).expect("write");
+        store.commit(w, &digest).expect("commit");
+        let got = store.read_index(&digest).expect("index").expect("present");
+        assert_eq!(got, want);
+        store.verify(&digest, true).expect("verifies");
+
+        let mut w = UploadWriter::create(&store, Algorithm::Sha256).expect("create");
+        w.use_known_piece_sha1s(want.sha1s[..2].to_vec())
+            .expect("hashes");
+        w.write(b"x").expect("write");
+        assert!(
+            w.use_known_piece_sha1s(vec![]).is_err(),
+            "hashes after the first byte"
+        );
+        w.write(&content[1..]).expect("write");
+        let other = Digest::sha256_of(&[b"x".as_slice(), &content[1..]].concat());
+        assert!(matches!(
+            store.commit(w, &other),
+            Err(StorageError::PieceHashes(_))
+        ));
+        assert_eq!(store.stat(&other).expect("stat"), None);
     }
 
     #[test]

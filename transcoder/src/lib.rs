@@ -227,24 +227,55 @@ impl TranscoderConfig {
     }
 }
 
+/// What is known of a layer's diff_id (the sha256 of its uncompressed tar) before a
+/// conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffId<'a> {
+    /// Nothing: it is computed and reported.
+    Unchecked,
+    /// The image config declares it: the uncompressed stream must hash to it.
+    Expect(&'a Digest),
+    /// The input *is* the uncompressed tar and already known to hash to it: a stored blob
+    /// of this digest, read through the store's CRC-checked reads. Not hashed again (a
+    /// sha256 pass over the input is ~10% of a tar → zstd conversion's CPU). For a
+    /// compressed input this is the same as [`DiffId::Expect`].
+    KnownInput(&'a Digest),
+}
+
+impl<'a> From<Option<&'a Digest>> for DiffId<'a> {
+    fn from(d: Option<&'a Digest>) -> DiffId<'a> {
+        d.map_or(DiffId::Unchecked, DiffId::Expect)
+    }
+}
+
 /// Converts one layer from `from` to `to` in a single decode + encode pass, writing the new
 /// bytes to `output` (handed back on success). `input_len` (the stored blob's size) sets the
-/// expansion limit; if `diff_id` is given, the uncompressed stream must hash to it.
-pub fn transcode<R: Read + Send, W: Write>(
+/// expansion limit; `diff_id` says what the uncompressed stream must hash to (an
+/// `Option<&Digest>` converts: `Some` is [`DiffId::Expect`]).
+pub fn transcode<'d, R: Read + Send, W: Write>(
     config: &TranscoderConfig,
     from: Compression,
     to: Compression,
     input: R,
     input_len: u64,
-    diff_id: Option<&Digest>,
+    diff_id: impl Into<DiffId<'d>>,
     output: W,
 ) -> Result<(Transcoded, W), TranscodeError> {
     let limit = config.expansion_limit(input_len);
     let mut decoded = pipeline::decoder(from, input, limit)?;
-    let mut pipe = EncodePipeline::new(config, to, output)?;
+    let diff_id = match diff_id.into() {
+        DiffId::KnownInput(d) if from != Compression::None => DiffId::Expect(d),
+        other => other,
+    };
+    let mut pipe = match diff_id {
+        DiffId::KnownInput(known) => {
+            EncodePipeline::with_known_diff_id(config, to, output, known.clone())?
+        }
+        _ => EncodePipeline::new(config, to, output)?,
+    };
     pipeline::copy_threaded(&mut decoded, &mut pipe)?;
     let (done, out) = pipe.finish()?;
-    if let Some(expected) = diff_id {
+    if let DiffId::Expect(expected) = diff_id {
         if &done.diff_id != expected {
             return Err(TranscodeError::DiffIdMismatch {
                 expected: expected.clone(),

@@ -203,6 +203,12 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// The uncompressed stream's digest: hashed as it passes, or known in advance.
+enum DiffHash {
+    Hashing(Box<Hasher>),
+    Known(Digest),
+}
+
 enum Encoder<W: Write> {
     Plain(W),
     Gzip(ParGzEncoder<W>),
@@ -213,7 +219,7 @@ enum Encoder<W: Write> {
 /// sides. [`EncodePipeline::finish`] reports the [`Transcoded`] identity and hands the
 /// output writer back (so a storage writer can be committed under the new digest).
 pub struct EncodePipeline<W: Write> {
-    diff: Hasher,
+    diff: DiffHash,
     diff_len: u64,
     enc: Encoder<HashWriter<W>>,
 }
@@ -245,10 +251,23 @@ impl<W: Write> EncodePipeline<W> {
             }
         };
         Ok(EncodePipeline {
-            diff: Algorithm::Sha256.hasher(),
+            diff: DiffHash::Hashing(Box::new(Algorithm::Sha256.hasher())),
             diff_len: 0,
             enc,
         })
+    }
+
+    /// A pipeline for an uncompressed stream whose digest is already known
+    /// ([`crate::DiffId::KnownInput`]): it is reported as the diff_id, not computed.
+    pub fn with_known_diff_id(
+        config: &TranscoderConfig,
+        to: Compression,
+        out: W,
+        diff_id: Digest,
+    ) -> Result<Self, TranscodeError> {
+        let mut pipe = EncodePipeline::new(config, to, out)?;
+        pipe.diff = DiffHash::Known(diff_id);
+        Ok(pipe)
     }
 
     /// Copies all of a decoder into the pipeline with one [`COPY_BUFFER_SIZE`] buffer.
@@ -279,7 +298,10 @@ impl<W: Write> EncodePipeline<W> {
         let done = Transcoded {
             digest: out.hasher.finish(),
             size: out.len,
-            diff_id: self.diff.finish(),
+            diff_id: match self.diff {
+                DiffHash::Hashing(h) => h.finish(),
+                DiffHash::Known(d) => d,
+            },
             uncompressed_size: self.diff_len,
         };
         Ok((done, out.inner))
@@ -293,7 +315,9 @@ impl<W: Write> Write for EncodePipeline<W> {
             Encoder::Gzip(g) => g.write(buf)?,
             Encoder::Zstd(z) => z.write(buf)?,
         };
-        self.diff.update(&buf[..n]);
+        if let DiffHash::Hashing(h) = &mut self.diff {
+            h.update(&buf[..n]);
+        }
         self.diff_len += n as u64;
         Ok(n)
     }

@@ -400,6 +400,8 @@ impl ContentSource for Upstreams {
                 len,
                 body: Box::pin(body),
                 origin_at: None,
+                piece_sha1s: None,
+                stored_in: None,
             }))
         })
     }
