@@ -298,21 +298,24 @@ impl UploadWriter {
 
     /// Appends bytes (buffered; see [`UploadWriter::flush`]).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.accept(bytes)?;
-        self.chunks.update(bytes);
-        self.start_writeback()
-    }
-
-    /// Writes `bytes` to the staging buffer and into the digest, without the piece hashes,
-    /// which the caller feeds to `self.chunks` (possibly on another thread) when, and only
-    /// when, this succeeds.
-    fn accept(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.out
             .write(bytes)
             .map_err(io_err(|| format!("writing {}", self.data_path.display())))?;
         self.hasher.update(bytes);
+        self.chunks.update(bytes);
         self.len += bytes.len() as u64;
-        Ok(())
+        self.start_writeback()
+    }
+
+    /// Writes `bytes` to the staging file without hashing them: the caller feeds them to
+    /// `self.hasher` and `self.chunks` (on other threads) when, and only when, this
+    /// succeeds. Starts write-back as `write` does.
+    fn write_unhashed(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.out
+            .write(bytes)
+            .map_err(io_err(|| format!("writing {}", self.data_path.display())))?;
+        self.len += bytes.len() as u64;
+        self.start_writeback()
     }
 
     /// Every [`writeback::WRITEBACK_STEP`] bytes, asks the kernel to start writing back.
@@ -431,79 +434,143 @@ impl UploadWriter {
     }
 }
 
-/// A body larger than this gets its piece hashes (crc32 + SHA-1 per chunk) computed on a
-/// second thread while this one writes and computes the digest: on a 256 MiB push, sha256
-/// and SHA-1 were each ~27% of the node's CPU samples, one after the other on one thread
-/// (docs/benchmarks.md). Smaller bodies hash inline (a thread costs ~30 µs).
-const PIECE_THREAD_AFTER: u64 = 4 << 20;
-/// Frames queued for the piece-hash thread (frames are `Bytes`: shared, not copied).
-const PIECE_QUEUE_DEPTH: usize = 64;
+/// A body larger than this is hashed on two helper threads, the digest (sha256) on one and
+/// the piece hashes (crc32 + SHA-1 per chunk) on the other, while this thread only writes:
+/// on a 256 MiB push the three were each ~20–30% of the node's CPU samples, one after the
+/// other on one thread (docs/benchmarks.md). Smaller bodies hash inline (a thread costs
+/// ~30 µs).
+const HASH_THREADS_AFTER: u64 = 4 << 20;
+/// Frames queued for each hash thread (frames are `Bytes`: shared, not copied).
+const HASH_QUEUE_DEPTH: usize = 64;
 
-/// `write_stream`'s blocking side: writes every frame, and hashes pieces inline or, past
-/// [`PIECE_THREAD_AFTER`], on a scoped helper thread fed with the frames this wrote. The
-/// piece hasher sees exactly the bytes the digest saw, in order; it is back in `writer`
-/// when this returns.
+/// A hasher moved to a scoped thread that feeds it every frame sent, and hands it back.
+struct HashThread<'scope, T> {
+    tx: std::sync::mpsc::SyncSender<Bytes>,
+    handle: std::thread::ScopedJoinHandle<'scope, Option<T>>,
+}
+
+impl<'scope, T: Send + 'scope> HashThread<'scope, T> {
+    fn spawn<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        name: &str,
+        state: T,
+        update: fn(&mut T, &[u8]),
+    ) -> Result<Self, (std::io::Error, T)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(HASH_QUEUE_DEPTH);
+        // The state moves to the thread only once the thread exists: if it cannot be
+        // started, the caller gets it back and hashes inline.
+        let (start_tx, start_rx) = std::sync::mpsc::sync_channel::<T>(1);
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn_scoped(scope, move || {
+                // `spawn` sends exactly one state right after this starts.
+                let mut state = start_rx.recv().ok()?;
+                for frame in rx {
+                    update(&mut state, &frame);
+                }
+                Some(state)
+            });
+        match spawned {
+            Ok(handle) => match start_tx.send(state) {
+                Ok(()) => Ok(HashThread { tx, handle }),
+                Err(e) => Err((std::io::Error::other("hash thread died"), e.0)),
+            },
+            Err(e) => Err((e, state)),
+        }
+    }
+
+    /// Queues a frame. The thread only stops when this sender is dropped, so a send cannot
+    /// fail while it runs; if it panicked, `finish` reports it.
+    fn send(&self, frame: &Bytes) {
+        let _ = self.tx.send(frame.clone());
+    }
+
+    fn finish(self) -> T {
+        drop(self.tx);
+        match self.handle.join() {
+            Ok(Some(state)) => state,
+            // Only if the hand-over in `spawn` failed, which then returned an error: a bug.
+            Ok(None) => unreachable!("hash thread ended without its state"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// `write_stream`'s blocking side: writes every frame, and hashes inline or, past
+/// [`HASH_THREADS_AFTER`], on two scoped hash threads fed with the frames this wrote. The
+/// hashers see exactly the bytes that were written, in order (a frame goes to them only
+/// after its write succeeded), so the session stays resumable after an error; they are back
+/// in `writer` when this returns.
 fn write_frames<'scope>(
     writer: &mut UploadWriter,
     rx: &mut tokio::sync::mpsc::Receiver<Bytes>,
     scope: &'scope std::thread::Scope<'scope, '_>,
 ) -> Result<(), StorageError> {
-    type Helper<'scope> = (
-        std::sync::mpsc::SyncSender<Bytes>,
-        std::thread::ScopedJoinHandle<'scope, Option<ChunkHasher>>,
+    type Helpers<'scope> = (
+        HashThread<'scope, Hasher>,
+        Option<HashThread<'scope, ChunkHasher>>,
     );
-    let mut helper: Option<Helper<'scope>> = None;
+    let mut helpers: Option<Helpers<'scope>> = None;
     let mut streamed = 0u64;
     let mut result = Ok(());
     while let Some(frame) = rx.blocking_recv() {
         streamed += frame.len() as u64;
-        // Known SHA-1s leave only CRC32 (memory speed): not worth a thread.
-        if helper.is_none() && streamed > PIECE_THREAD_AFTER && !writer.chunks.sha1s_known() {
-            let (tx, piece_rx) = std::sync::mpsc::sync_channel::<Bytes>(PIECE_QUEUE_DEPTH);
-            // The hasher moves to the thread only once the thread exists: if it cannot be
-            // started, hashing simply stays inline.
-            let (start_tx, start_rx) = std::sync::mpsc::sync_channel::<ChunkHasher>(1);
-            let spawned = std::thread::Builder::new()
-                .name("berth-pieces".into())
-                .spawn_scoped(scope, move || {
-                    let mut pieces = start_rx.recv().ok()?;
-                    for frame in piece_rx {
-                        pieces.update(&frame);
-                    }
-                    Some(pieces)
-                });
-            match spawned {
-                Ok(handle) => {
-                    // Cannot fail: the thread waits for exactly this message.
-                    let _ = start_tx.send(std::mem::take(&mut writer.chunks));
-                    helper = Some((tx, handle));
-                }
-                Err(e) => tracing::warn!(error = %e, "no piece-hash thread; hashing inline"),
-            }
+        if helpers.is_none() && streamed > HASH_THREADS_AFTER {
+            helpers = start_hash_threads(writer, scope);
         }
-        result = match &helper {
+        result = match &helpers {
             None => writer.write(&frame),
-            Some((tx, _)) => writer.accept(&frame).and_then(|()| {
-                // The helper only stops when this sender is dropped: a send cannot fail
-                // while it runs, and if it panicked, the join below reports it.
-                let _ = tx.send(frame);
-                writer.start_writeback()
+            Some((digest, pieces)) => writer.write_unhashed(&frame).map(|()| {
+                digest.send(&frame);
+                if let Some(pieces) = pieces {
+                    pieces.send(&frame);
+                }
             }),
         };
         if result.is_err() {
             break;
         }
     }
-    if let Some((tx, handle)) = helper {
-        drop(tx);
-        match handle.join() {
-            Ok(Some(pieces)) => writer.chunks = pieces,
-            // Only if the hand-over above failed, i.e. the thread died first: a bug.
-            Ok(None) => unreachable!("piece-hash thread ended without its hasher"),
-            Err(panic) => std::panic::resume_unwind(panic),
+    if let Some((digest, pieces)) = helpers {
+        writer.hasher = digest.finish();
+        if let Some(pieces) = pieces {
+            writer.chunks = pieces.finish();
         }
     }
     result
+}
+
+/// Moves the writer's digest and (unless its SHA-1s are known: CRC32 only, memory speed)
+/// its piece hasher to threads; `None` (hash inline) if the digest thread cannot start.
+fn start_hash_threads<'scope>(
+    writer: &mut UploadWriter,
+    scope: &'scope std::thread::Scope<'scope, '_>,
+) -> Option<(
+    HashThread<'scope, Hasher>,
+    Option<HashThread<'scope, ChunkHasher>>,
+)> {
+    let fresh = writer.hasher.algorithm().hasher();
+    let hasher = std::mem::replace(&mut writer.hasher, fresh);
+    let digest = match HashThread::spawn(scope, "berth-digest", hasher, |h, b| h.update(b)) {
+        Ok(t) => t,
+        Err((e, hasher)) => {
+            writer.hasher = hasher;
+            tracing::warn!(error = %e, "no digest thread; hashing inline");
+            return None;
+        }
+    };
+    let chunks = std::mem::take(&mut writer.chunks);
+    let pieces = match HashThread::spawn(scope, "berth-pieces", chunks, |c, b| c.update(b)) {
+        Ok(t) => Some(t),
+        Err((e, chunks)) => {
+            // Both must move together (the inline path feeds both): stop the digest thread.
+            writer.chunks = chunks;
+            writer.hasher = digest.finish();
+            tracing::warn!(error = %e, "no piece-hash thread; hashing inline");
+            return None;
+        }
+    };
+    Some((digest, pieces))
 }
 
 #[cfg(test)]
@@ -551,7 +618,7 @@ mod tests {
         store.verify(&good, true).expect("verifies");
     }
 
-    /// A body past `PIECE_THREAD_AFTER` hashes its pieces on the helper thread, across two
+    /// A body past `HASH_THREADS_AFTER` is hashed on the helper threads, across two
     /// `write_stream` calls (a chunked upload): the index must equal one computed inline
     /// over the same bytes, piece for piece.
     #[test]
