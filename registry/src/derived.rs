@@ -49,6 +49,7 @@ use berth_transcoder::{Compression, DiffId, TranscodeError, TranscoderConfig};
 use bytes::Bytes;
 
 use crate::error::{ErrorCode, OciError};
+use crate::lock;
 use crate::{blocking, Shared};
 
 /// Marks derived references; tags containing it are reserved.
@@ -490,10 +491,6 @@ async fn cached(
         Ok(m)
     })
     .await
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The transcoder's error (mapped in `error.rs`), naming the layer it concerns.

@@ -38,6 +38,13 @@ use axum::Router;
 use berth_oci::RepoName;
 use berth_storage::{BlobStore, MetadataStore};
 
+/// Locks `m`, taking the data even if another thread panicked while holding it: every
+/// mutex here guards plain tables whose each update is one statement, so a panic elsewhere
+/// cannot leave them half-written, and one failed request must not wedge the node.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 use crate::error::{ErrorCode, OciError};
 use crate::metrics::Metrics;
 use crate::route::V2Route;

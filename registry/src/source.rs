@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::error::{ErrorCode, OciError};
+use crate::lock;
 use crate::manifests::manifest_response;
 use crate::{blocking, query_param, Shared};
 
@@ -175,10 +176,6 @@ pub(crate) struct Mirror {
     inflight: Mutex<HashMap<Digest, tokio::sync::watch::Receiver<bool>>>,
     pending: Mutex<HashMap<(RepoName, Digest), Pending>>,
     pending_tags: Mutex<HashMap<(RepoName, Tag), Digest>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unavailable(e: &SourceError) -> OciError {

@@ -30,6 +30,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 
+use crate::lock;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -65,10 +66,6 @@ fn area() -> &'static Area {
         regions: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
         free: Mutex::new((0..SLOTS).rev().collect()),
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Owner of a region frame's slot; releases it when the frame is dropped.

@@ -460,16 +460,17 @@ impl<'scope, T: Send + 'scope> HashThread<'scope, T> {
         // The state moves to the thread only once the thread exists: if it cannot be
         // started, the caller gets it back and hashes inline.
         let (start_tx, start_rx) = std::sync::mpsc::sync_channel::<T>(1);
-        let spawned = std::thread::Builder::new()
-            .name(name.into())
-            .spawn_scoped(scope, move || {
-                // `spawn` sends exactly one state right after this starts.
-                let mut state = start_rx.recv().ok()?;
-                for frame in rx {
-                    update(&mut state, &frame);
-                }
-                Some(state)
-            });
+        let spawned =
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn_scoped(scope, move || {
+                    // `spawn` sends exactly one state right after this starts.
+                    let mut state = start_rx.recv().ok()?;
+                    for frame in rx {
+                        update(&mut state, &frame);
+                    }
+                    Some(state)
+                });
         match spawned {
             Ok(handle) => match start_tx.send(state) {
                 Ok(()) => Ok(HashThread { tx, handle }),

@@ -54,6 +54,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::pieces::{Partial, Partials, PieceInfo, VerifiedPiece, PIECE_HEADER};
 use crate::upstream::Upstreams;
+use berth_registry::lock;
 
 /// Header marking a request made by a peer's piece or manifest fetch. A node never passes
 /// such a request on to its own peers or upstream (no fetch loops between nodes).
@@ -210,10 +211,6 @@ impl RateLimiter {
 /// A limiter of `mib_per_sec`, if set.
 pub fn limiter(mib_per_sec: Option<f64>) -> Option<Arc<RateLimiter>> {
     mib_per_sec.map(|r| Arc::new(RateLimiter::new(r)))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counters of the peer layer (rendered into `/metrics`, listed by `/berth/v1/peers`).

@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use berth_oci::Digest;
+use berth_registry::lock;
 use berth_registry::source::Origin;
 use bytes::Bytes;
 use sha1::Digest as _;
@@ -123,10 +124,6 @@ pub struct Partial {
     pub landed: tokio::sync::Notify,
     /// Set when the fetch failed: nothing more will land.
     pub failed: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Partial {
