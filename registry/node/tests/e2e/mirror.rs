@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use crate::layout::{read_blob, str_field, tagged_descriptor, Image, Layout};
 use crate::skopeo::skopeo_copy;
 use crate::support::{
-    fail, request, require_client, run, sha256_digest, unique_token, Node, Res, Rng,
+    fail, metric, request, require_client, run, sha256_digest, unique_token, Node, Res, Rng,
 };
 
 /// Serialises tests that reconfigure the shared Docker daemon.
@@ -26,19 +26,6 @@ pub(crate) static DOCKER_DAEMON_LOCK: Mutex<()> = Mutex::new(());
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 /// How long dockerd may take to apply a reloaded configuration.
 const DAEMON_RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn metric(node: &Node, line_prefix: &str) -> Res<u64> {
-    let resp = node
-        .request("GET", "/metrics", &[], b"")?
-        .expect_status(200, "metrics")?;
-    let text = String::from_utf8_lossy(&resp.body).into_owned();
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
-}
 
 fn origin_with_image(tmp: &Path, repo: &str) -> Res<(Node, Layout, Image)> {
     let origin = Node::start(&tmp.join("origin"))?;

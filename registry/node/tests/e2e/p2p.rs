@@ -2,7 +2,6 @@
 //! with `--upstream <origin>` and the other two as bootstrap peers. Pulls are driven by
 //! skopeo; assertions read `/metrics` and `/berth/v1/peers`.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,27 +9,10 @@ use tempfile::TempDir;
 
 use crate::layout::{read_blob, str_field, tagged_descriptor, Image, Layout};
 use crate::skopeo::skopeo_copy;
-use crate::support::{fail, require_client, Node, Res, Rng};
+use crate::support::{fail, free_port, metric, require_client, Node, Res, Rng};
 
 /// How long announcements may take to be visible to other nodes (scan interval 1 s).
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(15);
-
-fn metric(node: &Node, line_prefix: &str) -> Res<u64> {
-    let resp = node
-        .request("GET", "/metrics", &[], b"")?
-        .expect_status(200, "metrics")?;
-    let text = String::from_utf8_lossy(&resp.body).into_owned();
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(line_prefix))
-        .filter_map(|l| l.rsplit(' ').next())
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum())
-}
-
-fn free_port() -> Res<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn maddr(port: u16) -> String {
     format!("/ip4/127.0.0.1/tcp/{port}")

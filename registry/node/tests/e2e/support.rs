@@ -92,6 +92,28 @@ pub fn run(cmd: &mut Command) -> Res<Output> {
 }
 
 /// A unique lower-case token for names that live outside our temp dirs (docker tags).
+/// The sum of the values of the `/metrics` lines of `node` that start with `line_prefix`
+/// (a metric name, or a name with its full label set); 0 when there is none.
+pub fn metric(node: &Node, line_prefix: &str) -> Res<u64> {
+    let resp = node
+        .request("GET", "/metrics", &[], b"")?
+        .expect_status(200, "metrics")?;
+    let text = String::from_utf8_lossy(&resp.body).into_owned();
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(line_prefix))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 pub fn unique_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()

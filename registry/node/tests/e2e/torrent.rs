@@ -7,7 +7,7 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-use crate::support::{require_client, run, sha256_digest, sha256_hex, Node, Res, Rng};
+use crate::support::{free_port, require_client, run, sha256_digest, sha256_hex, Node, Res, Rng};
 
 #[test]
 fn aria2c_downloads_a_layer_with_the_nodes_torrent() -> Res {
@@ -79,7 +79,7 @@ fn aria2c_downloads_a_layer_with_the_nodes_torrent() -> Res {
 // has its `url-list` removed, so bytes can only come from peers found through a local
 // opentracker (which serves whitelisted info-hashes only).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -101,10 +101,6 @@ fn require_tool(program: &str) -> bool {
     }
     println!("SKIP: {program} not installed");
     false
-}
-
-fn free_port() -> Res<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A child process killed (by its own PID) when dropped.
