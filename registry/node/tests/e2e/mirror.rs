@@ -21,17 +21,26 @@ use crate::support::{
     fail, metric, request, require_client, run, sha256_digest, unique_token, Node, Res, Rng,
 };
 
+/// The bigger layer of the mirror tests' image.
+const MIRROR_LAYER: usize = 1536 << 10;
+
 /// Serialises tests that reconfigure the shared Docker daemon.
 pub(crate) static DOCKER_DAEMON_LOCK: Mutex<()> = Mutex::new(());
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 /// How long dockerd may take to apply a reloaded configuration.
 const DAEMON_RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn origin_with_image(tmp: &Path, repo: &str) -> Res<(Node, Layout, Image)> {
+/// An origin node under `tmp` holding a random 2-layer image (the bigger layer
+/// `big_layer_bytes`) as `repo:v1`, pushed by skopeo from an OCI layout.
+pub(crate) fn origin_with_image(
+    tmp: &Path,
+    repo: &str,
+    big_layer_bytes: usize,
+) -> Res<(Node, Layout, Image)> {
     let origin = Node::start(&tmp.join("origin"))?;
     let mut rng = Rng::from_clock();
     let src = Layout::create(&tmp.join("src"))?;
-    let image = src.build_image(&mut rng, "amd64", 2, 1536 << 10)?;
+    let image = src.build_image(&mut rng, "amd64", 2, big_layer_bytes)?;
     src.tag(&image.descriptor(None), "v1")?;
     skopeo_copy(
         &format!("oci:{}:v1", src.dir.display()),
@@ -41,7 +50,8 @@ fn origin_with_image(tmp: &Path, repo: &str) -> Res<(Node, Layout, Image)> {
     Ok((origin, src, image))
 }
 
-fn check_copy(out: &Path, image: &Image) -> Res {
+/// Checks that the OCI layout `out` holds `image` as `v1`, byte for byte.
+pub(crate) fn check_copy(out: &Path, image: &Image) -> Res {
     let back = tagged_descriptor(out, "v1")?;
     assert_eq!(str_field(&back, "digest")?, image.manifest_digest);
     for layer in &image.layers {
@@ -60,7 +70,7 @@ fn mirror_pulls_through_then_serves_from_cache_when_the_origin_is_gone() -> Res 
         return Ok(());
     }
     let tmp = TempDir::new()?;
-    let (mut origin, _src, image) = origin_with_image(tmp.path(), "e2e/mirrored")?;
+    let (mut origin, _src, image) = origin_with_image(tmp.path(), "e2e/mirrored", MIRROR_LAYER)?;
     let mirror = Node::start_with(
         &tmp.path().join("mirror"),
         &["--upstream".into(), format!("http://{}", origin.host())],
@@ -320,7 +330,8 @@ fn docker_daemon_pulls_a_hub_image_through_the_mirror() -> Res {
     let _serial = DOCKER_DAEMON_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = TempDir::new()?;
     let name = format!("berthmirror{}", unique_token());
-    let (origin, _src, image) = origin_with_image(tmp.path(), &format!("library/{name}"))?;
+    let (origin, _src, image) =
+        origin_with_image(tmp.path(), &format!("library/{name}"), MIRROR_LAYER)?;
     let mirror = Node::start_with(
         &tmp.path().join("mirror"),
         &["--upstream".into(), format!("http://{}", origin.host())],
@@ -390,7 +401,8 @@ fn containerd_fetches_through_the_mirror_selecting_the_upstream_by_ns() -> Res {
     };
     let tmp = TempDir::new()?;
     let name = format!("berthctr{}", unique_token());
-    let (origin, _src, image) = origin_with_image(tmp.path(), &format!("library/{name}"))?;
+    let (origin, _src, image) =
+        origin_with_image(tmp.path(), &format!("library/{name}"), MIRROR_LAYER)?;
     // Only docker.io is mapped, and there is no default: success proves `?ns=docker.io`.
     let mirror = Node::start_with(
         &tmp.path().join("mirror"),
@@ -557,7 +569,7 @@ fn mirror_pulls_from_an_https_upstream_trusting_the_configured_ca_only() -> Res 
         return Ok(());
     }
     let tmp = TempDir::new()?;
-    let (origin, _src, image) = origin_with_image(tmp.path(), "e2e/tls")?;
+    let (origin, _src, image) = origin_with_image(tmp.path(), "e2e/tls", MIRROR_LAYER)?;
     let pki = tmp.path().join("pki");
     std::fs::create_dir_all(&pki)?;
     let (ca, cert, key) = crate::identity::make_test_pki(&pki)?;

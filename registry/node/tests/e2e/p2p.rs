@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::layout::{read_blob, str_field, tagged_descriptor, Image, Layout};
+use crate::mirror::{check_copy, origin_with_image};
 use crate::skopeo::skopeo_copy;
 use crate::support::{fail, free_port, metric, require_client, Node, Res, Rng};
 
@@ -38,33 +38,8 @@ fn start_node(dir: &Path, origin: &Node, ports: &[u16], me: usize, extra: &[&str
     Node::start_with(dir, &args)
 }
 
-fn origin_with_image(tmp: &Path, repo: &str) -> Res<(Node, Image)> {
-    let origin = Node::start(&tmp.join("origin"))?;
-    let mut rng = Rng::from_clock();
-    let src = Layout::create(&tmp.join("src"))?;
-    // 2 layers, the big one 5.5 MiB: six pieces, so several peers can share one blob.
-    let image = src.build_image(&mut rng, "amd64", 2, (11 << 20) / 2)?;
-    src.tag(&image.descriptor(None), "v1")?;
-    skopeo_copy(
-        &format!("oci:{}:v1", src.dir.display()),
-        &format!("docker://{}/{repo}:v1", origin.host()),
-        false,
-    )?;
-    Ok((origin, image))
-}
-
-fn check_copy(out: &Path, image: &Image) -> Res {
-    let back = tagged_descriptor(out, "v1")?;
-    assert_eq!(str_field(&back, "digest")?, image.manifest_digest);
-    for layer in &image.layers {
-        assert!(
-            read_blob(out, &layer.digest)? == layer.blob,
-            "layer {} differs",
-            layer.digest
-        );
-    }
-    Ok(())
-}
+/// 2 layers, the big one 5.5 MiB: six pieces, so several peers can share one blob.
+const P2P_LAYER: usize = (11 << 20) / 2;
 
 /// Waits until `node` has a connection to `n` peers that told their HTTP address.
 fn wait_for_peers(node: &Node, n: usize) -> Res {
@@ -98,7 +73,7 @@ fn p2p_pull_is_served_by_a_peer_when_the_origin_is_gone() -> Res {
         return Ok(());
     }
     let tmp = TempDir::new()?;
-    let (mut origin, image) = origin_with_image(tmp.path(), "e2e/p2p")?;
+    let (mut origin, _src, image) = origin_with_image(tmp.path(), "e2e/p2p", P2P_LAYER)?;
     let ports = [free_port()?, free_port()?, free_port()?];
     let nodes: Vec<Node> = (0..3)
         .map(|i| start_node(&tmp.path().join(format!("n{i}")), &origin, &ports, i, &[]))
@@ -143,7 +118,7 @@ fn p2p_a_peer_sending_bad_pieces_is_banned_and_the_pull_succeeds() -> Res {
         return Ok(());
     }
     let tmp = TempDir::new()?;
-    let (mut origin, image) = origin_with_image(tmp.path(), "e2e/liar")?;
+    let (mut origin, _src, image) = origin_with_image(tmp.path(), "e2e/liar", P2P_LAYER)?;
     let ports = [free_port()?, free_port()?, free_port()?];
     // Node 0 lies on every ranged read; node 1 is honest; node 2 pulls.
     let liar = start_node(
