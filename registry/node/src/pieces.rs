@@ -183,7 +183,11 @@ impl Partial {
             .as_ref()
             .filter(|_| aligned(start, piece.bytes.len()))
         {
-            Some(direct) => DirectIo::write_at(direct, &piece.bytes, start)?,
+            // A file system may open with O_DIRECT and still refuse the I/O (EINVAL, e.g. a
+            // larger block size): then the page cache it is.
+            Some(direct) => DirectIo::write_at(direct, &piece.bytes, start).or_else(|e| {
+                DirectIo::refused(e, || self.file.write_all_at(&piece.bytes, start))
+            })?,
             None => self.file.write_all_at(&piece.bytes, start)?,
         }
         if let Some(c) = lock(&self.crcs).get_mut(i) {
@@ -224,7 +228,8 @@ impl Partial {
         let (start, end) = self.info.range(i);
         let mut buf = vec![0u8; (end - start + 1) as usize];
         match self.direct.as_ref().filter(|_| aligned(start, buf.len())) {
-            Some(direct) => DirectIo::read_at(direct, &mut buf, start)?,
+            Some(direct) => DirectIo::read_at(direct, &mut buf, start)
+                .or_else(|e| DirectIo::refused(e, || self.file.read_exact_at(&mut buf, start)))?,
             None => self.file.read_exact_at(&mut buf, start)?,
         }
         let stored = lock(&self.crcs).get(i).copied();
@@ -328,6 +333,19 @@ impl DirectIo {
             };
             f(buf.as_mut_slice(len))
         })
+    }
+
+    /// `buffered()` instead, if `e` is the file system refusing direct I/O; else `e`.
+    fn refused(
+        e: std::io::Error,
+        buffered: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            tracing::debug!(error = %e, "O_DIRECT refused; using the page cache");
+            buffered()
+        } else {
+            Err(e)
+        }
     }
 
     fn write_at(file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
