@@ -97,13 +97,13 @@ fn run(args: &[String]) -> Result<(), String> {
                 Compression::None => DiffId::KnownInput(&digest),
                 _ => DiffId::Unchecked,
             };
-            let w = UploadWriter::create(&store, Algorithm::Sha256).map_err(|e| e.to_string())?;
-            let sink = WriterSink(w);
+            let sink =
+                UploadWriter::create(&store, Algorithm::Sha256).map_err(|e| e.to_string())?;
             let config = TranscoderConfig::default();
             let (done, sink) = transcode(&config, from, to, blob.into_reader(), len, known, sink)
                 .map_err(|e| e.to_string())?;
             store
-                .commit(sink.0, &done.digest)
+                .commit(sink, &done.digest)
                 .map_err(|e| e.to_string())?;
             println!("{} {} diff_id={}", done.digest, done.size, done.diff_id);
             Ok(())
@@ -113,20 +113,6 @@ fn run(args: &[String]) -> Result<(), String> {
              | codec store DIR IN | codec stored DIR DIGEST FROM TO"
                 .into(),
         ),
-    }
-}
-
-/// An upload writer as the conversion's output (as the node's `StorageSink`).
-struct WriterSink(UploadWriter);
-
-impl Write for WriterSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf).map_err(std::io::Error::other)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush().map_err(std::io::Error::other)
     }
 }
 

@@ -502,31 +502,18 @@ fn layer_error(e: TranscodeError, layer: &Digest) -> OciError {
     err
 }
 
-/// Adapts a storage upload to `io::Write` for the transcoder.
-struct StorageSink(UploadWriter);
-
-impl Write for StorageSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf).map_err(io::Error::other)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Runs `produce` into a fresh upload; commits it under the digest `produce` reports (the
 /// store re-checks it) and links it into `repo`, or discards the staging file on error.
 fn store_blob<T>(
     reg: &Shared,
     repo: &RepoName,
-    produce: impl FnOnce(StorageSink) -> Result<(T, Digest, u64, StorageSink), OciError>,
+    produce: impl FnOnce(UploadWriter) -> Result<(T, Digest, u64, UploadWriter), OciError>,
 ) -> Result<T, OciError> {
     let writer = UploadWriter::create(&reg.blobs, Algorithm::Sha256)?;
     let id = writer.id().clone();
-    match produce(StorageSink(writer)) {
+    match produce(writer) {
         Ok((value, digest, size, sink)) => {
-            reg.blobs.commit(sink.0, &digest)?;
+            reg.blobs.commit(sink, &digest)?;
             reg.meta.link_blob(repo, &digest, size)?;
             Ok(value)
         }

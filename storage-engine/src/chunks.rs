@@ -48,11 +48,6 @@ impl ChunkHasher {
         }
     }
 
-    /// Whether the SHA-1s are known in advance (only CRC32 is computed).
-    pub fn sha1s_known(&self) -> bool {
-        self.known_sha1s.is_some()
-    }
-
     /// Whether the known SHA-1s, if any, are exactly one per chunk of the `len` bytes fed.
     pub fn fits(&self, len: u64) -> bool {
         self.known_sha1s

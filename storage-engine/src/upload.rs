@@ -169,11 +169,27 @@ impl UploadWriter {
         id: UploadId,
         algorithm: Algorithm,
     ) -> Result<UploadWriter, StorageError> {
+        UploadWriter::start(store, id, algorithm, |data_path| File::create(data_path))
+    }
+
+    /// A fresh session `id` whose staging file `open` creates at the given path, hashing
+    /// with `algorithm`. The session directory is removed again if `open` fails.
+    fn start(
+        store: &BlobStore,
+        id: UploadId,
+        algorithm: Algorithm,
+        open: impl FnOnce(&std::path::Path) -> io::Result<File>,
+    ) -> Result<UploadWriter, StorageError> {
         let dir = store.upload_dir(&id);
         fs::create_dir_all(&dir).map_err(io_err(|| format!("creating {}", dir.display())))?;
         let data_path = dir.join("data");
-        let file = File::create(&data_path)
-            .map_err(io_err(|| format!("creating {}", data_path.display())))?;
+        let file = match open(&data_path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(io_err(|| format!("creating {}", data_path.display()))(e));
+            }
+        };
         Ok(UploadWriter {
             id,
             dir,
@@ -198,33 +214,15 @@ impl UploadWriter {
         algorithm: Algorithm,
         source: &std::path::Path,
     ) -> Result<UploadWriter, StorageError> {
-        let id = UploadId::generate();
-        let dir = store.upload_dir(&id);
-        fs::create_dir_all(&dir).map_err(io_err(|| format!("creating {}", dir.display())))?;
-        let data_path = dir.join("data");
-        let linked = fs::hard_link(source, &data_path)
-            .and_then(|()| OpenOptions::new().read(true).write(true).open(&data_path));
-        let file = match linked {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(io_err(|| {
-                    format!("linking {} as {}", source.display(), data_path.display())
-                })(e));
-            }
-        };
-        let mut out = Staging::new(file, 0, store.engine());
-        out.prefilled = true;
-        Ok(UploadWriter {
-            id,
-            dir,
-            data_path,
-            out,
-            len: 0,
-            writeback_from: 0,
-            hasher: algorithm.hasher(),
-            chunks: ChunkHasher::default(),
-        })
+        let mut writer =
+            UploadWriter::start(store, UploadId::generate(), algorithm, |data_path| {
+                fs::hard_link(source, data_path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("linking {}: {e}", source.display()))
+                })?;
+                OpenOptions::new().read(true).write(true).open(data_path)
+            })?;
+        writer.out.prefilled = true;
+        Ok(writer)
     }
 
     /// Reopens a session from its staging file (after a restart, or when its in-memory state
@@ -298,18 +296,15 @@ impl UploadWriter {
 
     /// Appends bytes (buffered; see [`UploadWriter::flush`]).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.out
-            .write(bytes)
-            .map_err(io_err(|| format!("writing {}", self.data_path.display())))?;
+        self.write_unhashed(bytes)?;
         self.hasher.update(bytes);
         self.chunks.update(bytes);
-        self.len += bytes.len() as u64;
-        self.start_writeback()
+        Ok(())
     }
 
-    /// Writes `bytes` to the staging file without hashing them: the caller feeds them to
-    /// `self.hasher` and `self.chunks` (on other threads) when, and only when, this
-    /// succeeds. Starts write-back as `write` does.
+    /// Writes `bytes` to the staging file (starting write-back every few MiB) without
+    /// hashing them: the caller feeds them to `self.hasher` and `self.chunks` (here, or on
+    /// other threads) when, and only when, this succeeds.
     fn write_unhashed(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.out
             .write(bytes)
@@ -434,6 +429,19 @@ impl UploadWriter {
     }
 }
 
+/// An upload as a byte sink (what the transcoder writes a derived layer into): `write` is
+/// [`UploadWriter::write`], `flush` is [`UploadWriter::flush`].
+impl io::Write for UploadWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        UploadWriter::write(self, buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        UploadWriter::flush(self).map_err(io::Error::other)
+    }
+}
+
 /// A body larger than this is hashed on two helper threads, the digest (sha256) on one and
 /// the piece hashes (crc32 + SHA-1 per chunk) on the other, while this thread only writes:
 /// on a 256 MiB push the three were each ~20–30% of the node's CPU samples, one after the
@@ -507,10 +515,7 @@ fn write_frames<'scope>(
     rx: &mut tokio::sync::mpsc::Receiver<Bytes>,
     scope: &'scope std::thread::Scope<'scope, '_>,
 ) -> Result<(), StorageError> {
-    type Helpers<'scope> = (
-        HashThread<'scope, Hasher>,
-        Option<HashThread<'scope, ChunkHasher>>,
-    );
+    type Helpers<'scope> = (HashThread<'scope, Hasher>, HashThread<'scope, ChunkHasher>);
     let mut helpers: Option<Helpers<'scope>> = None;
     let mut streamed = 0u64;
     let mut result = Ok(());
@@ -523,9 +528,7 @@ fn write_frames<'scope>(
             None => writer.write(&frame),
             Some((digest, pieces)) => writer.write_unhashed(&frame).map(|()| {
                 digest.send(&frame);
-                if let Some(pieces) = pieces {
-                    pieces.send(&frame);
-                }
+                pieces.send(&frame);
             }),
         };
         if result.is_err() {
@@ -534,22 +537,17 @@ fn write_frames<'scope>(
     }
     if let Some((digest, pieces)) = helpers {
         writer.hasher = digest.finish();
-        if let Some(pieces) = pieces {
-            writer.chunks = pieces.finish();
-        }
+        writer.chunks = pieces.finish();
     }
     result
 }
 
-/// Moves the writer's digest and (unless its SHA-1s are known: CRC32 only, memory speed)
-/// its piece hasher to threads; `None` (hash inline) if the digest thread cannot start.
+/// Moves the writer's digest and its piece hasher to threads; `None` (hash inline) if
+/// either cannot start.
 fn start_hash_threads<'scope>(
     writer: &mut UploadWriter,
     scope: &'scope std::thread::Scope<'scope, '_>,
-) -> Option<(
-    HashThread<'scope, Hasher>,
-    Option<HashThread<'scope, ChunkHasher>>,
-)> {
+) -> Option<(HashThread<'scope, Hasher>, HashThread<'scope, ChunkHasher>)> {
     let fresh = writer.hasher.algorithm().hasher();
     let hasher = std::mem::replace(&mut writer.hasher, fresh);
     let digest = match HashThread::spawn(scope, "berth-digest", hasher, |h, b| h.update(b)) {
@@ -562,7 +560,7 @@ fn start_hash_threads<'scope>(
     };
     let chunks = std::mem::take(&mut writer.chunks);
     let pieces = match HashThread::spawn(scope, "berth-pieces", chunks, |c, b| c.update(b)) {
-        Ok(t) => Some(t),
+        Ok(t) => t,
         Err((e, chunks)) => {
             // Both must move together (the inline path feeds both): stop the digest thread.
             writer.chunks = chunks;
@@ -619,6 +617,24 @@ mod tests {
         store.verify(&good, true).expect("verifies");
     }
 
+    /// `bytes` as a request body: frames of `frame_len` (the last one shorter).
+    fn frames(
+        bytes: &[u8],
+        frame_len: usize,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Unpin {
+        let frames: Vec<_> = bytes
+            .chunks(frame_len)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(frames)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
     /// A body past `HASH_THREADS_AFTER` is hashed on the helper threads, across two
     /// `write_stream` calls (a chunked upload): the index must equal one computed inline
     /// over the same bytes, piece for piece.
@@ -628,16 +644,8 @@ mod tests {
         let content: Vec<u8> = (0..(9 << 20) + 4321u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let frames = |bytes: &[u8]| {
-            let frames: Vec<Result<Bytes, std::convert::Infallible>> = bytes
-                .chunks(48 * 1024 + 7)
-                .map(|c| Ok(Bytes::copy_from_slice(c)))
-                .collect();
-            futures_util::stream::iter(frames)
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let frames = |bytes: &[u8]| frames(bytes, 48 * 1024 + 7);
+        let rt = runtime();
         let w = UploadWriter::create(&store, Algorithm::Sha256).expect("create");
         let split = (5 << 20) + 99;
         let (w, r) = rt.block_on(w.write_stream(frames(&content[..split]), u64::MAX));
@@ -663,16 +671,8 @@ mod tests {
         let digest = Digest::sha256_of(&content);
         let source = dir.path().join("pieces");
         std::fs::write(&source, &content).expect("pieces");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let frames = |bytes: &[u8]| {
-            let frames: Vec<Result<Bytes, std::convert::Infallible>> = bytes
-                .chunks(1 << 20)
-                .map(|c| Ok(Bytes::copy_from_slice(c)))
-                .collect();
-            futures_util::stream::iter(frames)
-        };
+        let rt = runtime();
+        let frames = |bytes: &[u8]| frames(bytes, 1 << 20);
         let w = UploadWriter::create_over(&store, Algorithm::Sha256, &source).expect("over");
         let (w, r) = rt.block_on(w.write_stream(frames(&content), u64::MAX));
         r.expect("stream");
