@@ -956,8 +956,9 @@ impl PeerSource {
                 // Nodes fetching the same blob at once split the upstream's pieces between
                 // them: piece i is the share of co-fetcher i mod n (in peer-id order), so no
                 // two ask the upstream for the same piece even before their bitfields tell.
-                // Another's share is taken only when the client's stream has waited for it
-                // for SHARE_PATIENCE, or when that co-fetcher is gone.
+                // Another's share is taken once this node's own is all taken, when the
+                // client's stream has waited for it for SHARE_PATIENCE, or when that
+                // co-fetcher is gone (it drops out of `ids`).
                 let (share_of, share_n) = {
                     let mut ids: Vec<&str> = holders
                         .iter()
@@ -969,7 +970,6 @@ impl PeerSource {
                     let pos = ids.iter().position(|id| *id == me.as_str()).unwrap_or(0);
                     (pos, ids.len())
                 };
-                let next = partial.next_emit();
                 if next != last_emit.0 {
                     last_emit = (next, Instant::now());
                 }
@@ -981,11 +981,9 @@ impl PeerSource {
                     let mut order: Vec<(bool, usize)> = wanted
                         .iter()
                         .filter(|w| w.1 == 0)
-                        .map(|w| {
-                            let i = w.3;
+                        .map(|&(later, _, _, i)| {
                             let mine = i % share_n == share_of;
-                            let urgent_now = starving && i >= next && i < next + URGENT_PIECES;
-                            (!(mine || urgent_now), i)
+                            (!(mine || (starving && !later)), i)
                         })
                         .collect();
                     order.sort_by_key(|(later, _)| *later); // stable: keeps `wanted`'s order

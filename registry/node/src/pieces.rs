@@ -172,12 +172,12 @@ impl Partial {
         if self.has(i) {
             return Ok(());
         }
-        if self.info.range(i).1 - self.info.range(i).0 + 1 != piece.bytes.len() as u64 {
+        let (start, end) = self.info.range(i);
+        if end - start + 1 != piece.bytes.len() as u64 {
             return Err(std::io::Error::other(format!(
                 "piece {i} was verified against another torrent"
             )));
         }
-        let (start, _) = self.info.range(i);
         match self
             .direct
             .as_ref()
