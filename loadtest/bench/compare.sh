@@ -42,6 +42,9 @@ wrk_blob() { # name size conns: pushes a blob to berth, then wrk against berth a
   local name=$1 size=$2 conns=$3 f="$WORK/$1.bin"
   head -c "$size" /dev/urandom > "$f"; local d="sha256:$(sha256sum "$f" | cut -d' ' -f1)"
   curl -sf -X POST --data-binary @"$f" -H "content-type: application/octet-stream" "$BERTH/v2/wrk/blobs/uploads/?digest=$d" -o /dev/null
+  # One GET first: both servers then read the same file from a warm page cache (berth drops
+  # an upload's pages once they are written back, so a fresh blob starts cold).
+  curl -sf "$BERTH/v2/wrk/blobs/$d" -o /dev/null
   for target in "berth $BERTH" "nginx $NGINX"; do set -- $target
     echo "### wrk $name -> $1: wrk -t2 -c$conns -d$DUR $2/v2/wrk/blobs/$d" | tee -a "$OUT/summary.txt"
     wrk -t2 -c"$conns" -d"$DUR" --latency "$2/v2/wrk/blobs/$d" | grep -E "Requests/sec|Transfer/sec|  50%|  99%" | tee -a "$OUT/summary.txt"
@@ -49,10 +52,10 @@ wrk_blob() { # name size conns: pushes a blob to berth, then wrk against berth a
 
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores" > "$OUT/summary.txt"
 echo "RSS idle: docker-registry $(rss $DR_PID), berth $(rss $BERTH_PID)" | tee -a "$OUT/summary.txt"
-run blob-get-4k   blob-get -s 4KiB --count 64 -c 16 -d "$DUR"
-run blob-get-256m blob-get -s 256MiB -c 4 -d "$DUR"
+run blob-get-4k   blob-get -s 4KiB --count 64 -c 16 -d "$DUR" --warmup 1s
+run blob-get-256m blob-get -s 256MiB -c 4 -d "$DUR" --warmup 1s
 run small         small -c 16 -d "$DUR"
-run pull          pull -s 16MiB --layers 4 -c 4 -d "$DUR" --plot "$OUT/pull.svg"
+run pull          pull -s 16MiB --layers 4 -c 4 -d "$DUR" --warmup 1s --plot "$OUT/pull.svg"
 run push-256m     push -s 256MiB --layers 1 -c 1 -n 4 --upload-mode monolithic
 run push-chunked  push -s 64MiB --layers 1 -c 2 -n 8 --upload-mode chunked --chunk-size 8MiB
 run push-16k      push -s 16KiB --layers 10 -c 4 -n 100 --upload-mode monolithic

@@ -17,6 +17,9 @@ nginx -c "$WORK/nginx.conf" & sleep 1
 for spec in "4k 4096 16" "256m 268435456 4"; do set -- $spec; name=$1 size=$2 c=$3
   f=$WORK/$name.bin; head -c $size /dev/urandom > $f; d="sha256:$(sha256sum $f | cut -d' ' -f1)"
   curl -sf -X POST --data-binary @$f -H 'content-type: application/octet-stream' "http://127.0.0.1:$PORT/v2/wrk/blobs/uploads/?digest=$d" -o /dev/null
+  # One GET first: both servers then read the same file from a warm page cache (berth drops
+  # an upload's pages once they are written back, so a fresh blob starts cold).
+  curl -sf "http://127.0.0.1:$PORT/v2/wrk/blobs/$d" -o /dev/null
   for r in 1 2; do for t in "berth $PORT" "nginx $NPORT"; do set -- $t
     out=$(wrk -t2 -c$c -d$DUR --latency "http://127.0.0.1:$2/v2/wrk/blobs/$d")
     echo "$LABEL $name $1 r$r $(echo "$out" | awk '/Requests\/sec/{print "req/s="$2} /Transfer\/sec/{print "xfer="$2} / 99%/{print "p99="$2}' | tr '\n' ' ')"

@@ -38,6 +38,13 @@ pub enum ReqBody {
     Empty,
     /// One in-memory chunk (configs, manifests).
     Full(Option<Bytes>),
+    /// In-memory content sent as frames of at most `GEN_CHUNK_BYTES` (slices, not copies).
+    Mem {
+        /// What is left to send.
+        rest: Bytes,
+        /// False to hide the length (forces chunked transfer encoding, like `docker push`).
+        sized: bool,
+    },
     /// A range of a generated blob.
     Gen {
         /// The blob.
@@ -74,6 +81,13 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Mem { rest, .. } => {
+                if rest.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let n = rest.len().min(GEN_CHUNK_BYTES);
+                Poll::Ready(Some(Ok(Frame::data(rest.split_to(n)))))
+            }
             ReqBody::Gen { spec, pos, end, .. } => {
                 if *pos >= *end {
                     return Poll::Ready(None);
@@ -90,6 +104,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Full(b) => b.is_none(),
+            ReqBody::Mem { rest, .. } => rest.is_empty(),
             ReqBody::Gen { pos, end, .. } => pos >= end,
         }
     }
@@ -98,6 +113,8 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Mem { rest, sized: true } => SizeHint::with_exact(rest.len() as u64),
+            ReqBody::Mem { sized: false, .. } => SizeHint::default(),
             ReqBody::Gen {
                 pos, end, sized, ..
             } => {
@@ -453,5 +470,40 @@ mod tests {
         let got = rt.block_on(async { body.collect().await.map(|c| c.to_bytes()) });
         let Ok(got) = got;
         assert_eq!(got, spec.chunk(5, (spec.size - 5) as usize));
+    }
+
+    /// A prepared layer goes out as slices of at most `GEN_CHUNK_BYTES`, all of it, in
+    /// order; its length is announced only when `sized`.
+    #[test]
+    fn mem_body_emits_bounded_frames_of_the_whole_content() {
+        let spec = BlobSpec {
+            key: 7,
+            size: (GEN_CHUNK_BYTES * 2 + 11) as u64,
+        };
+        let (bytes, digest) = spec.materialize();
+        assert_eq!(digest, spec.digest(), "one pass gives the streaming digest");
+        let unsized_body = ReqBody::Mem {
+            rest: bytes.clone(),
+            sized: false,
+        };
+        assert_eq!(unsized_body.size_hint().exact(), None);
+        let mut body = ReqBody::Mem {
+            rest: bytes.clone(),
+            sized: true,
+        };
+        assert_eq!(body.size_hint().exact(), Some(spec.size));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut got = Vec::new();
+        rt.block_on(async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let data = frame.into_data().expect("data frame");
+                assert!(data.len() <= GEN_CHUNK_BYTES);
+                got.extend_from_slice(&data);
+            }
+        });
+        assert!(body.is_end_stream());
+        assert_eq!(got, bytes);
     }
 }

@@ -15,6 +15,10 @@ use std::fmt;
 /// bounding the memory of an upload in flight.
 pub const GEN_CHUNK_BYTES: usize = 256 << 10;
 
+/// Most layer bytes a push run prepares in memory before its timer starts (see
+/// [`Image::build_in_memory`]); a bigger run generates its layers while it sends them.
+pub const PREPARED_BYTES_MAX: u64 = 2 << 30;
+
 /// Largest blob the harness will generate (64 GiB): a typo'd `--size` must not run for hours.
 pub const BLOB_SIZE_MAX: u64 = 64 << 30;
 
@@ -121,6 +125,18 @@ impl BlobSpec {
         }
         Digest::of_sha256(h)
     }
+
+    /// The whole stream in memory and its digest, from one generating pass: what a client
+    /// pushing a layer it already has on disk holds before it sends the first byte.
+    pub fn materialize(&self) -> (Bytes, Digest) {
+        let mut bytes = BytesMut::zeroed(self.size as usize);
+        let mut h = Sha256::new();
+        for (i, piece) in bytes.chunks_mut(GEN_CHUNK_BYTES).enumerate() {
+            self.fill((i * GEN_CHUNK_BYTES) as u64, piece);
+            h.update(&*piece);
+        }
+        (bytes.freeze(), Digest::of_sha256(h))
+    }
 }
 
 /// Where a blob's bytes come from when pushing.
@@ -128,7 +144,7 @@ impl BlobSpec {
 pub enum Content {
     /// Generated on the fly from a [`BlobSpec`].
     Gen(BlobSpec),
-    /// Small in-memory content (configs).
+    /// In-memory content (configs; layers prepared by [`Image::build_in_memory`]).
     Bytes(Bytes),
 }
 
@@ -197,6 +213,21 @@ impl Image {
             .map(|s| (s, s.digest()))
             .collect();
         Self::from_layer_digests(key, digests)
+    }
+
+    /// Builds image `key` of `shape` with its layers generated into memory (one pass that
+    /// also hashes them), so sending them costs the client no generation: a push of such an
+    /// image measures the registry, as a push of layers read from a client's disk would.
+    /// The caller bounds the memory (see [`PREPARED_BYTES_MAX`]).
+    pub fn build_in_memory(key: u64, shape: ImageShape) -> Image {
+        let specs = Self::layer_specs(key, shape);
+        let made: Vec<_> = specs.iter().map(BlobSpec::materialize).collect();
+        let digests = specs.into_iter().zip(made.iter().map(|(_, d)| d.clone()));
+        let mut image = Self::from_layer_digests(key, digests.collect());
+        for (layer, (bytes, _)) in image.layers.iter_mut().zip(made) {
+            layer.content = Content::Bytes(bytes);
+        }
+        image
     }
 
     /// Assembles config and manifest around layers whose digests are already known.

@@ -87,7 +87,10 @@ fn content_body(content: &Content, start: u64, end: u64, sized: bool) -> ReqBody
         Content::Bytes(b) => {
             let s = (start as usize).min(b.len());
             let e = (end as usize).clamp(s, b.len());
-            ReqBody::Full(Some(b.slice(s..e)))
+            ReqBody::Mem {
+                rest: b.slice(s..e),
+                sized,
+            }
         }
     }
 }

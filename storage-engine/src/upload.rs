@@ -58,6 +58,8 @@ pub struct UploadWriter {
     len: u64,
     /// Bytes handed to the kernel for write-back so far (see `writeback`).
     writeback_from: u64,
+    /// Bytes written back and dropped from the page cache so far (`writeback::retire`).
+    retired_to: u64,
     hasher: Hasher,
     chunks: ChunkHasher,
 }
@@ -197,6 +199,7 @@ impl UploadWriter {
             out: Staging::new(file, 0, store.engine()),
             len: 0,
             writeback_from: 0,
+            retired_to: 0,
             hasher: algorithm.hasher(),
             chunks: ChunkHasher::default(),
         })
@@ -260,6 +263,7 @@ impl UploadWriter {
             out: Staging::new(file, len, store.engine()),
             len,
             writeback_from: len,
+            retired_to: len,
             hasher,
             chunks,
         })
@@ -313,7 +317,8 @@ impl UploadWriter {
         self.start_writeback()
     }
 
-    /// Every [`writeback::WRITEBACK_STEP`] bytes, asks the kernel to start writing back.
+    /// Every [`writeback::WRITEBACK_STEP`] bytes, asks the kernel to start writing back,
+    /// and retires what was handed to it [`writeback::RETIRE_LAG`] bytes ago.
     fn start_writeback(&mut self) -> Result<(), StorageError> {
         if self.len - self.writeback_from >= writeback::WRITEBACK_STEP {
             self.flush()?;
@@ -323,6 +328,11 @@ impl UploadWriter {
                 self.len - self.writeback_from,
             );
             self.writeback_from = self.len;
+            let retire_to = self.writeback_from.saturating_sub(writeback::RETIRE_LAG);
+            if retire_to > self.retired_to {
+                writeback::retire(&self.out.file, self.retired_to, retire_to - self.retired_to);
+                self.retired_to = retire_to;
+            }
         }
         Ok(())
     }
@@ -659,6 +669,52 @@ mod tests {
         let want = inline.finish();
         let got = store.read_index(&digest).expect("index").expect("present");
         assert_eq!(got.encode(), want.encode(), "piece hashes differ");
+        store.verify(&digest, true).expect("verifies");
+    }
+
+    /// A long upload keeps only its last few write-back windows in the page cache: what was
+    /// written back earlier is dropped (see `io::writeback`), and the blob still reads back
+    /// intact from the disk.
+    #[test]
+    fn a_long_upload_leaves_only_its_tail_in_the_page_cache() {
+        IoEngine::ALL
+            .into_iter()
+            .for_each(a_long_upload_leaves_only_its_tail_in_the_page_cache_with);
+    }
+
+    fn a_long_upload_leaves_only_its_tail_in_the_page_cache_with(engine: IoEngine) {
+        use writeback::{RETIRE_LAG, WRITEBACK_STEP};
+        let (_dir, store) = store(engine);
+        let len = RETIRE_LAG + 3 * WRITEBACK_STEP;
+        let content: Vec<u8> = (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let rt = runtime();
+        let w = UploadWriter::create(&store, Algorithm::Sha256).expect("create");
+        let (w, r) = rt.block_on(w.write_stream(frames(&content, 256 << 10), u64::MAX));
+        r.expect("stream");
+        // Write-back was started at every step; the windows handed over RETIRE_LAG bytes
+        // before the last one are retired.
+        let retired = len - RETIRE_LAG;
+        let staged = std::fs::File::open(&w.data_path).expect("open staging file");
+        let resident = writeback::resident_pages(&staged, 0, retired);
+        let tail = writeback::resident_pages(&staged, retired, RETIRE_LAG);
+        let digest = Digest::sha256_of(&content);
+        store.commit(w, &digest).expect("commit");
+        match (resident, tail) {
+            (Some(resident), Some(tail)) => {
+                assert_eq!(resident, 0, "{engine:?}: retired windows are still cached");
+                assert!(
+                    tail > 0,
+                    "{engine:?}: the unretired tail should still be cached"
+                );
+            }
+            _ => eprintln!("page-cache residency cannot be told here (tmpfs?): not checked"),
+        }
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest)).expect("read"),
+            content
+        );
         store.verify(&digest, true).expect("verifies");
     }
 

@@ -57,7 +57,7 @@ impl Workload {
         client.ping().await?;
         Ok(match cfg.scenario {
             ScenarioKind::Pull => Workload::Pull(pull::Pull::setup(cfg, client).await?),
-            ScenarioKind::Push => Workload::Push(push::Push::new(cfg)),
+            ScenarioKind::Push => Workload::Push(push::Push::setup(cfg).await),
             ScenarioKind::Mixed => Workload::Mixed(mixed::Mixed::setup(cfg, client).await?),
             ScenarioKind::Small => Workload::Small(small::Small::setup(cfg, client).await?),
             ScenarioKind::List => Workload::List(list::List::setup(cfg, client).await?),
