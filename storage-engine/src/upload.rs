@@ -263,7 +263,8 @@ impl UploadWriter {
             out: Staging::new(file, len, store.engine()),
             len,
             writeback_from: len,
-            retired_to: len,
+            // Re-reading the file above cached all of it: the first step retires that too.
+            retired_to: 0,
             hasher,
             chunks,
         })
