@@ -18,7 +18,9 @@ use std::process::ExitCode;
 
 use berth_oci::{Algorithm, Digest};
 use berth_storage::{BlobStore, UploadWriter};
-use berth_transcoder::{transcode, Compression, DiffId, TranscoderConfig};
+use berth_transcoder::{
+    transcode, transcode_self_digesting, Compression, DiffId, TranscoderConfig,
+};
 
 #[path = "../benches/support/layer_data.rs"]
 mod layer_data;
@@ -100,8 +102,17 @@ fn run(args: &[String]) -> Result<(), String> {
             let sink =
                 UploadWriter::create(&store, Algorithm::Sha256).map_err(|e| e.to_string())?;
             let config = TranscoderConfig::default();
-            let (done, sink) = transcode(&config, from, to, blob.into_reader(), len, known, sink)
-                .map_err(|e| e.to_string())?;
+            let (done, sink) = transcode_self_digesting(
+                &config,
+                from,
+                to,
+                blob.into_reader(),
+                len,
+                known,
+                sink,
+                UploadWriter::digest_of_written,
+            )
+            .map_err(|e| e.to_string())?;
             store
                 .commit(sink, &done.digest)
                 .map_err(|e| e.to_string())?;

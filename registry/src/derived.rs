@@ -503,7 +503,8 @@ fn layer_error(e: TranscodeError, layer: &Digest) -> OciError {
 }
 
 /// Runs `produce` into a fresh upload; commits it under the digest `produce` reports (the
-/// store re-checks it) and links it into `repo`, or discards the staging file on error.
+/// store checks it against the upload's own hash, which the transcoder reads instead of
+/// hashing the output twice) and links it into `repo`, or discards the staging file on error.
 fn store_blob<T>(
     reg: &Shared,
     repo: &RepoName,
@@ -608,8 +609,17 @@ fn convert_layer(
         other => other.as_ref().into(),
     };
     let done = store_blob(reg, repo, |sink| {
-        let (done, sink) = berth_transcoder::transcode(&cfg, from, to, input, len, known, sink)
-            .map_err(|e| layer_error(e, &d.digest))?;
+        let (done, sink) = berth_transcoder::transcode_self_digesting(
+            &cfg,
+            from,
+            to,
+            input,
+            len,
+            known,
+            sink,
+            UploadWriter::digest_of_written,
+        )
+        .map_err(|e| layer_error(e, &d.digest))?;
         Ok((done.clone(), done.digest, done.size, sink))
     })?;
     reg.metrics
@@ -779,8 +789,13 @@ fn squash_blocking(
         kinds.push(layer_compression(d)?);
     }
     let done = store_blob(reg, repo, |sink| {
-        let pipe = berth_transcoder::EncodePipeline::new(&cfg, Compression::Gzip, sink)
-            .map_err(OciError::from)?;
+        let pipe = berth_transcoder::EncodePipeline::into_self_digesting(
+            &cfg,
+            Compression::Gzip,
+            sink,
+            UploadWriter::digest_of_written,
+        )
+        .map_err(OciError::from)?;
         let mut open = |i: usize| {
             let d = &layers[i];
             let (input, len) = open_layer(reg, d)

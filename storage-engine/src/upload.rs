@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::PathBuf;
 
-use berth_oci::{Algorithm, Hasher};
+use berth_oci::{Algorithm, Digest, Hasher};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
@@ -297,6 +297,13 @@ impl UploadWriter {
     /// Whether nothing was received yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The digest of every byte written so far (the session's own running hash; cheap: no
+    /// bytes are read). What [`BlobStore::commit`] will find, so content the node produces
+    /// itself (a converted layer) can be committed under it without hashing it elsewhere.
+    pub fn digest_of_written(&self) -> Digest {
+        self.hasher.clone().finish()
     }
 
     /// Appends bytes (buffered; see [`UploadWriter::flush`]).
@@ -586,7 +593,6 @@ fn start_hash_threads<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_oci::Digest;
 
     fn store(engine: IoEngine) -> (tempfile::TempDir, BlobStore) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -261,18 +261,63 @@ pub fn transcode<'d, R: Read + Send, W: Write>(
     diff_id: impl Into<DiffId<'d>>,
     output: W,
 ) -> Result<(Transcoded, W), TranscodeError> {
+    let encode = |out| EncodePipeline::new(config, to, out);
+    run(
+        config,
+        from,
+        input,
+        input_len,
+        diff_id.into(),
+        output,
+        encode,
+    )
+}
+
+/// [`transcode`] into an output that computes the sha256 of what it is given itself (a blob
+/// store's upload writer): `digest` reads it at the end, and the output is not hashed twice
+/// (see [`EncodePipeline::into_self_digesting`]).
+#[allow(clippy::too_many_arguments)]
+pub fn transcode_self_digesting<'d, R: Read + Send, W: Write>(
+    config: &TranscoderConfig,
+    from: Compression,
+    to: Compression,
+    input: R,
+    input_len: u64,
+    diff_id: impl Into<DiffId<'d>>,
+    output: W,
+    digest: fn(&W) -> Digest,
+) -> Result<(Transcoded, W), TranscodeError> {
+    let encode = |out| EncodePipeline::into_self_digesting(config, to, out, digest);
+    run(
+        config,
+        from,
+        input,
+        input_len,
+        diff_id.into(),
+        output,
+        encode,
+    )
+}
+
+fn run<R: Read + Send, W: Write>(
+    config: &TranscoderConfig,
+    from: Compression,
+    input: R,
+    input_len: u64,
+    diff_id: DiffId<'_>,
+    output: W,
+    encode: impl FnOnce(W) -> Result<EncodePipeline<W>, TranscodeError>,
+) -> Result<(Transcoded, W), TranscodeError> {
     let limit = config.expansion_limit(input_len);
     let mut decoded = pipeline::decoder(from, input, limit)?;
-    let diff_id = match diff_id.into() {
+    let diff_id = match diff_id {
         DiffId::KnownInput(d) if from != Compression::None => DiffId::Expect(d),
         other => other,
     };
-    let mut pipe = match diff_id {
-        DiffId::KnownInput(known) => {
-            EncodePipeline::with_known_diff_id(config, to, output, known.clone())?
-        }
-        _ => EncodePipeline::new(config, to, output)?,
-    };
+    let mut pipe = encode(output)?;
+    if let DiffId::KnownInput(known) = diff_id {
+        pipe = pipe.knowing_diff_id(known.clone());
+    }
     pipeline::copy_threaded(&mut decoded, &mut pipe)?;
     let (done, out) = pipe.finish()?;
     if let DiffId::Expect(expected) = diff_id {

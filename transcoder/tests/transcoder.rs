@@ -5,7 +5,10 @@ use std::io::Read;
 
 use berth_oci::Digest;
 use berth_transcoder::squash::squash;
-use berth_transcoder::{decoder, transcode, Compression, TranscodeError, TranscoderConfig};
+use berth_transcoder::{
+    decoder, transcode, transcode_self_digesting, Compression, DiffId, TranscodeError,
+    TranscoderConfig,
+};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
@@ -66,6 +69,95 @@ fn every_pair_round_trips_and_keeps_the_diff_id() -> Res {
             assert!(back == raw, "{from:?}->{to:?} changed the tar");
         }
     }
+    Ok(())
+}
+
+/// An output that hashes what it is given (as a blob store upload does).
+struct SelfDigesting {
+    bytes: Vec<u8>,
+    hasher: berth_oci::Hasher,
+}
+
+impl std::io::Write for SelfDigesting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        self.hasher.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Into a self-digesting output, the pipeline reports the output's own digest (and does not
+/// need to compute it); everything else is what a plain output gets, including the diff_id
+/// check.
+#[test]
+fn a_self_digesting_output_reports_its_own_digest() -> Res {
+    let raw = sample_tar(3, 3 << 20);
+    let diff_id = Digest::sha256_of(&raw);
+    let cfg = TranscoderConfig::default();
+    for (from, to) in [
+        (Compression::None, Compression::Zstd),
+        (Compression::Gzip, Compression::Zstd),
+        (Compression::Zstd, Compression::Gzip),
+    ] {
+        let input = encode(from, &raw);
+        let known = match from {
+            Compression::None => DiffId::KnownInput(&diff_id),
+            _ => DiffId::Expect(&diff_id),
+        };
+        let sink = SelfDigesting {
+            bytes: Vec::new(),
+            hasher: berth_oci::Algorithm::Sha256.hasher(),
+        };
+        let digest_of = |s: &SelfDigesting| s.hasher.clone().finish();
+        let (done, out) = transcode_self_digesting(
+            &cfg,
+            from,
+            to,
+            &input[..],
+            input.len() as u64,
+            known,
+            sink,
+            digest_of,
+        )?;
+        let (plain, plain_out) = transcode(
+            &cfg,
+            from,
+            to,
+            &input[..],
+            input.len() as u64,
+            known,
+            Vec::new(),
+        )?;
+        assert_eq!(
+            done.digest,
+            Digest::sha256_of(&out.bytes),
+            "{from:?}->{to:?}"
+        );
+        assert_eq!(out.bytes, plain_out);
+        assert_eq!(done, plain);
+    }
+    // The diff_id is still checked.
+    let gz = encode(Compression::Gzip, &raw);
+    let wrong = Digest::sha256_of(b"not this layer");
+    let sink = SelfDigesting {
+        bytes: Vec::new(),
+        hasher: berth_oci::Algorithm::Sha256.hasher(),
+    };
+    let r = transcode_self_digesting(
+        &cfg,
+        Compression::Gzip,
+        Compression::Zstd,
+        &gz[..],
+        gz.len() as u64,
+        Some(&wrong),
+        sink,
+        |s: &SelfDigesting| s.hasher.clone().finish(),
+    );
+    assert!(matches!(r, Err(TranscodeError::DiffIdMismatch { .. })));
     Ok(())
 }
 
