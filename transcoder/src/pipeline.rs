@@ -227,7 +227,8 @@ enum Encoder<W: Write> {
 }
 
 /// Takes an uncompressed tar stream (`Write`), compresses it to the output and hashes both
-/// sides. [`EncodePipeline::finish`] reports the [`Transcoded`] identity and hands the
+/// sides (the output's hash read from the output itself when it keeps one:
+/// [`EncodePipeline::into_self_digesting`]). [`EncodePipeline::finish`] reports the [`Transcoded`] identity and hands the
 /// output writer back (so a storage writer can be committed under the new digest).
 pub struct EncodePipeline<W: Write> {
     diff: DiffHash,
