@@ -15,8 +15,9 @@ use std::fmt;
 /// bounding the memory of an upload in flight.
 pub const GEN_CHUNK_BYTES: usize = 256 << 10;
 
-/// Most layer bytes a push run prepares in memory before its timer starts (see
-/// [`Image::build_in_memory`]); a bigger run generates its layers while it sends them.
+/// Most layer bytes a push run prepares in memory before its timer starts, all targets
+/// together (see [`Image::build_in_memory`]); a bigger run generates its layers while it
+/// sends them.
 pub const PREPARED_BYTES_MAX: u64 = 2 << 30;
 
 /// Largest blob the harness will generate (64 GiB): a typo'd `--size` must not run for hours.

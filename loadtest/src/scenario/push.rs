@@ -4,9 +4,10 @@
 //!
 //! The monolithic and single-PUT modes need a layer's digest before its first byte, as a
 //! real client has it from building the layer. When the run is bounded by a request count
-//! and its layers fit in [`PREPARED_BYTES_MAX`], every image is generated and hashed into
-//! memory during the untimed setup, so the measured pushes cost the client only the
-//! sending (like `curl -T` of a file in the page cache). Otherwise each step generates and
+//! and its layers fit in [`PREPARED_BYTES_MAX`] (shared by the targets), every image is
+//! generated and hashed into memory during the untimed setup, so the measured pushes cost
+//! the client only the sending (like `curl -T` of a file in the page cache). Otherwise each
+//! step generates and
 //! hashes its image before the image's timer starts (≈ 1.8 GB/s of sha256 here: not in the
 //! latencies, but in the run's wall time and on the shared cores) and generates the bytes
 //! again as it sends them.
@@ -43,7 +44,9 @@ impl Push {
             return push;
         };
         let image_bytes = push.shape.layer_size * u64::from(push.shape.layers);
-        if steps.saturating_mul(image_bytes) > PREPARED_BYTES_MAX {
+        // Every target prepares its own copy: the budget is shared between them.
+        let budget = PREPARED_BYTES_MAX / cfg.targets.len().max(1) as u64;
+        if steps.saturating_mul(image_bytes) > budget {
             return push;
         }
         let (seed, salt, shape) = (push.seed, push.salt, push.shape);
