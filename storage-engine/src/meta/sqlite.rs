@@ -22,6 +22,7 @@ use super::{
 };
 
 mod lifecycle;
+mod link_cache;
 
 /// Reader connections. Two cores here; four lets reads overlap a slow fsync of the writer.
 const READER_CONNECTIONS: usize = 4;
@@ -94,6 +95,8 @@ pub struct SqliteMetadata {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Blob links read on the GET path, forgotten at every write (`link_cache`).
+    links: link_cache::LinkCache,
 }
 
 fn db_err(context: &'static str) -> impl FnOnce(rusqlite::Error) -> MetaError {
@@ -147,6 +150,7 @@ impl SqliteMetadata {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            links: link_cache::LinkCache::default(),
         })
     }
 
@@ -168,16 +172,22 @@ impl SqliteMetadata {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction().map_err(db_err(context))?;
-        let out = f(&tx)?;
-        tx.commit().map_err(db_err(context))?;
-        Ok(out)
+        let result = (|| {
+            let tx = conn.transaction().map_err(db_err(context))?;
+            let out = f(&tx)?;
+            tx.commit().map_err(db_err(context))?;
+            Ok(out)
+        })();
+        // After the commit, while still the only writer: links read before it are forgotten
+        // (a failed write changed nothing, but forgetting is always safe).
+        self.links.written();
+        result
     }
 }
 
 /// A poisoned lock means a panic while holding a connection; SQLite rolled the transaction
 /// back, so the connection itself is still usable.
-fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -680,7 +690,20 @@ impl MetadataStore for SqliteMetadata {
         digest: &Digest,
         debounce_ms: i64,
     ) -> Result<super::BlobUse, MetaError> {
-        lifecycle::blob_use(self, repo, digest, debounce_ms)
+        let digest = digest.to_string();
+        let link = match self.links.get(repo.as_str(), &digest) {
+            Some(link) => Some(link),
+            None => {
+                let generation = self.links.generation();
+                let link = lifecycle::blob_link(self, repo, &digest)?;
+                if let Some(link) = link {
+                    self.links
+                        .remember(generation, repo.as_str(), &digest, link);
+                }
+                link
+            }
+        };
+        Ok(lifecycle::blob_use(link, debounce_ms))
     }
 
     fn blob_link_count(&self, digest: &Digest) -> Result<u64, MetaError> {

@@ -411,7 +411,8 @@ pub(super) fn touch_blob(
 }
 
 /// A link's size and last use (link or touch time, ms).
-fn blob_link(
+/// A repository's link to a blob: its size and its last recorded use (ms).
+pub(super) fn blob_link(
     db: &SqliteMetadata,
     repo: &RepoName,
     digest: &str,
@@ -432,19 +433,15 @@ fn blob_link(
     })
 }
 
-pub(super) fn blob_use(
-    db: &SqliteMetadata,
-    repo: &RepoName,
-    digest: &Digest,
-    debounce_ms: i64,
-) -> Result<BlobUse, MetaError> {
-    Ok(match blob_link(db, repo, &digest.to_string())? {
+/// What a [`blob_link`] answer means for a GET now.
+pub(super) fn blob_use(link: Option<(i64, i64)>, debounce_ms: i64) -> BlobUse {
+    match link {
         None => BlobUse::Unlinked,
         Some((size, last_used_ms)) if last_used_ms > now_ms() - debounce_ms => {
             BlobUse::Fresh(size.max(0) as u64)
         }
         Some(_) => BlobUse::Stale,
-    })
+    }
 }
 
 pub(super) fn blob_link_count(db: &SqliteMetadata, digest: &Digest) -> Result<u64, MetaError> {
