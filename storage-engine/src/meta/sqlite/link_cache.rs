@@ -17,8 +17,10 @@ use std::sync::Mutex;
 
 use super::lock;
 
-/// Entries kept at most; the map is emptied when full (the next reads refill it).
-const LINKS_MAX: usize = 65_536;
+/// Entries kept at most; the map is emptied when full (the next reads refill it). An entry
+/// is ~170 bytes (two strings and the map's overhead): at most ~3 MiB, inside the node's
+/// memory budget (docs/benchmarks.md).
+const LINKS_MAX: usize = 16_384;
 
 #[derive(Default)]
 pub(super) struct LinkCache {
