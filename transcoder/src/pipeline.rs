@@ -15,6 +15,7 @@ use std::sync::mpsc::sync_channel;
 use berth_oci::{Algorithm, Digest, Hasher};
 
 use crate::codec::ParGzEncoder;
+use crate::zstd_encoder::ZstdEncoder;
 use crate::{Compression, TranscodeError, TranscoderConfig, COPY_BUFFER_SIZE};
 
 /// A layer's new identity, computed while it was written.
@@ -223,7 +224,7 @@ enum DiffHash {
 enum Encoder<W: Write> {
     Plain(W),
     Gzip(ParGzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(ZstdEncoder<W>),
 }
 
 /// Takes an uncompressed tar stream (`Write`), compresses it to the output and hashes both
@@ -277,16 +278,10 @@ impl<W: Write> EncodePipeline<W> {
                 ParGzEncoder::new(out, config.gzip_level, threads, config.gzip_block_size)
                     .map_err(TranscodeError::Encode)?,
             ),
-            Compression::Zstd => {
-                let mut z = zstd::stream::write::Encoder::new(out, config.zstd_level)
-                    .map_err(TranscodeError::Encode)?;
-                if threads > 1 {
-                    z.multithread(threads as u32)
-                        .map_err(TranscodeError::Encode)?;
-                }
-                z.include_checksum(true).map_err(TranscodeError::Encode)?;
-                Encoder::Zstd(z)
-            }
+            Compression::Zstd => Encoder::Zstd(
+                ZstdEncoder::new(out, config.zstd_level, threads)
+                    .map_err(TranscodeError::Encode)?,
+            ),
         };
         Ok(EncodePipeline {
             diff: DiffHash::Hashing(Box::new(Algorithm::Sha256.hasher())),
