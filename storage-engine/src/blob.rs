@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_oci::{Algorithm, Digest};
+use bytes::Bytes;
 
+use crate::caches::{IndexCache, SmallBlobCache, SMALL_BLOB_MAX};
 use crate::chunks::{ChunkIndex, CHUNK_SIZE};
-use crate::index_cache::IndexCache;
 use crate::io::IoEngine;
 use crate::upload::{UploadId, UploadWriter};
 
@@ -167,6 +168,7 @@ pub struct BlobStore {
     root: PathBuf,
     engine: IoEngine,
     index_cache: IndexCache,
+    small_blobs: SmallBlobCache,
 }
 
 impl BlobStore {
@@ -185,7 +187,8 @@ impl BlobStore {
         Ok(BlobStore {
             root: data_dir.to_path_buf(),
             engine,
-            index_cache: IndexCache::default(),
+            index_cache: crate::caches::index_cache(),
+            small_blobs: crate::caches::small_blob_cache(),
         })
     }
 
@@ -281,10 +284,38 @@ impl BlobStore {
         }))
     }
 
+    /// The whole content of a small blob (at most [`SMALL_BLOB_MAX`] bytes), from memory when
+    /// it was read lately, else read from disk (checked against its crc, like every read) and
+    /// remembered. `None` when the blob is not stored. A blob larger than the limit is an
+    /// error of the caller's: check its size first.
+    pub fn read_small(&self, digest: &Digest) -> Result<Option<Bytes>, StorageError> {
+        if let Some(bytes) = self.small_blobs.get(digest) {
+            return Ok(Some(bytes));
+        }
+        let Some(blob) = self.open_verified(digest)? else {
+            return Ok(None);
+        };
+        let len = usize::try_from(blob.len)
+            .ok()
+            .filter(|len| *len <= SMALL_BLOB_MAX)
+            .ok_or_else(|| StorageError::Io {
+                context: format!("blob {digest} is not small ({} bytes)", blob.len),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            })?;
+        let mut buf = vec![0u8; len];
+        if len > 0 {
+            blob.read_chunk(0, &mut buf)?;
+        }
+        let bytes = Bytes::from(buf);
+        self.small_blobs.insert(digest, bytes.clone());
+        Ok(Some(bytes))
+    }
+
     /// Moves a corrupt blob and its index to `quarantine/` (kept for inspection, never
     /// served). The next push of the same digest stores a fresh copy.
     pub fn quarantine(&self, digest: &Digest) -> Result<PathBuf, StorageError> {
         self.index_cache.invalidate(digest);
+        self.small_blobs.invalidate(digest);
         let dir = self.root.join("quarantine");
         fs::create_dir_all(&dir).map_err(io_err(|| format!("creating {}", dir.display())))?;
         let stamp = std::time::SystemTime::now()
@@ -438,6 +469,7 @@ impl BlobStore {
     /// Removes a blob (garbage collection). Readers holding it open keep their copy.
     pub fn remove(&self, digest: &Digest) -> Result<(), StorageError> {
         self.index_cache.invalidate(digest);
+        self.small_blobs.invalidate(digest);
         for path in [self.blob_path(digest), self.index_path(digest)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -614,6 +646,51 @@ mod tests {
     #[test]
     fn checked_reads_round_trip_and_catch_corruption_with_cached_indexes() {
         IoEngine::ALL.into_iter().for_each(checked_reads_with);
+    }
+
+    #[test]
+    fn small_blobs_are_served_checked_from_memory_until_removed_or_quarantined() {
+        for engine in IoEngine::ALL {
+            let (_dir, store) = store_with(engine);
+            let data = b"a config blob, small enough to keep in memory".to_vec();
+            let digest = put(&store, &data);
+            // Damaged before its first read: the read from disk catches it.
+            let path = store.blob_path(&digest);
+            let mut bad = data.clone();
+            bad[3] ^= 0x10;
+            std::fs::write(&path, &bad).expect("damage");
+            assert!(
+                matches!(store.read_small(&digest), Err(StorageError::Corrupt { .. })),
+                "{engine:?}: unchecked bytes served"
+            );
+            std::fs::write(&path, &data).expect("repair");
+            assert_eq!(
+                store.read_small(&digest).expect("read").as_deref(),
+                Some(&data[..])
+            );
+            // Damaged after: memory still holds the checked copy (never the bad bytes), and
+            // scrub, which reads the file, finds the damage; quarantine forgets the copy.
+            std::fs::write(&path, &bad).expect("damage");
+            assert_eq!(
+                store.read_small(&digest).expect("cached").as_deref(),
+                Some(&data[..])
+            );
+            assert!(
+                store.verify(&digest, true).is_err(),
+                "{engine:?}: scrub missed it"
+            );
+            store.quarantine(&digest).expect("quarantine");
+            assert_eq!(store.read_small(&digest).expect("read"), None, "{engine:?}");
+            // Removal forgets it too.
+            let digest = put(&store, &data);
+            assert!(store.read_small(&digest).expect("read").is_some());
+            store.remove(&digest).expect("remove");
+            assert_eq!(store.read_small(&digest).expect("read"), None, "{engine:?}");
+            // Larger than the limit: refused, not read whole.
+            let big = vec![1u8; SMALL_BLOB_MAX + 1];
+            let digest = put(&store, &big);
+            assert!(store.read_small(&digest).is_err());
+        }
     }
 
     fn checked_reads_with(engine: IoEngine) {

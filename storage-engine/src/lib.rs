@@ -15,9 +15,9 @@
 #![deny(missing_docs)]
 
 mod blob;
+mod caches;
 mod chunks;
 pub mod gc;
-mod index_cache;
 pub mod io;
 pub mod locks;
 pub mod meta;
@@ -25,6 +25,7 @@ pub mod retention;
 mod upload;
 
 pub use blob::{BlobFile, BlobStore, CheckedReader, ScrubReport, StorageError, VerifiedBlob};
+pub use caches::SMALL_BLOB_MAX;
 pub use chunks::{ChunkHasher, ChunkIndex, CHUNK_SIZE};
 pub use io::{IoEngine, IoEngineChoice};
 pub use meta::sqlite::SqliteMetadata;
