@@ -13,6 +13,10 @@
 //! (`BlobStore::verify`) reads blob and sidecar from disk, so damage on disk is still found
 //! (and quarantine drops the cached copy).
 //!
+//! A read racing a remove or a quarantine can put an entry back just after its invalidation.
+//! It holds checked data of that same digest, so the worst case is a correct copy outliving its
+//! file: GC removes only blobs no repository links, and a GET checks the link first.
+//!
 //! Bounds: a number of entries and a weight (bytes of crcs, or of blob); an entry heavier than
 //! a quarter of the weight budget is not cached. Eviction is first-in first-out: simple,
 //! O(1), and a miss costs one small file read.
