@@ -48,8 +48,8 @@ pub(crate) fn index_cache() -> IndexCache {
 }
 
 pub(crate) fn small_blob_cache() -> SmallBlobCache {
-    // Entries are bounded by weight: 8 MiB of blobs of ≥ 1 byte; the map of a few thousand
-    // tiny blobs is the real bound in practice.
+    // Each entry weighs at least 64 bytes (its map slot and `Bytes` header cost about that),
+    // so tiny blobs are bounded by the entry count, larger ones by the 8 MiB of bytes.
     FifoCache::new(16_384, SMALL_BLOB_BYTES_MAX, |bytes| bytes.len().max(64))
 }
 

@@ -32,7 +32,6 @@ use berth_oci::Digest;
 
 pub use codec::ParGzEncoder;
 pub use pipeline::{copy_threaded, decoder, Decoder, EncodePipeline, Transcoded, DECODE_AHEAD};
-pub use zstd_encoder::ZstdEncoder;
 
 /// Size of the buffer bytes are copied through between decoder and encoder.
 pub const COPY_BUFFER_SIZE: usize = 1 << 20;
