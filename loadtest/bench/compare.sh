@@ -21,12 +21,15 @@ DR_PID=$!
 BERTH_LOG=warn "$T/berth" serve --listen 127.0.0.1:5102 --data-dir "$WORK/berth-data" 2>"$OUT/berth.log" &
 BERTH_PID=$!
 sleep 1
-# nginx serves /v2/<repo>/blobs/sha256:<hex> straight from berth's blob files (sendfile).
+# nginx serves /v2/<repo>/blobs/sha256:<hex> straight from berth's blob files (sendfile), and
+# answers /v2/ so that berth-loadtest can drive it too (its setup only HEADs blobs that the
+# berth run before it stored).
 cat > "$WORK/nginx.conf" <<NGX
 user root; worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx-error.log;
 events { worker_connections 1024; }
 http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
   server { listen 127.0.0.1:5103;
+    location = /v2/ { default_type application/json; return 200 '{}'; }
     location ~ ^/v2/.+/blobs/sha256:(..)(.+)\$ { default_type application/octet-stream;
       alias $WORK/berth-data/blobs/sha256/\$1/\$1\$2; } } }
 NGX
@@ -38,6 +41,8 @@ LT="$T/berth-loadtest"
 run() { local name=$1; shift; echo "### $name: berth-loadtest $*" | tee -a "$OUT/summary.txt"
   "$LT" "$@" --target $DREG --target $BERTH -q --json "$OUT/$name.json" | tee -a "$OUT/summary.txt"
   echo "RSS after $name: docker-registry $(rss $DR_PID), berth $(rss $BERTH_PID)" | tee -a "$OUT/summary.txt"; }
+run_nginx() { local name=$1; shift; echo "### $name: berth-loadtest $* (A nginx, B berth)" | tee -a "$OUT/summary.txt"
+  "$LT" "$@" --target $NGINX --target $BERTH -q --json "$OUT/$name.json" | tee -a "$OUT/summary.txt"; }
 wrk_blob() { # name size conns: pushes a blob to berth, then wrk against berth and nginx
   local name=$1 size=$2 conns=$3 f="$WORK/$1.bin"
   head -c "$size" /dev/urandom > "$f"; local d="sha256:$(sha256sum "$f" | cut -d' ' -f1)"
@@ -54,6 +59,8 @@ echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores" > "$OUT/summary.txt"
 echo "RSS idle: docker-registry $(rss $DR_PID), berth $(rss $BERTH_PID)" | tee -a "$OUT/summary.txt"
 run blob-get-4k   blob-get -s 4KiB --count 64 -c 16 -d "$DUR" --warmup 1s
 run blob-get-256m blob-get -s 256MiB -c 4 -d "$DUR" --warmup 1s
+run_nginx blob-get-4k-nginx   blob-get -s 4KiB --count 64 -c 16 -d "$DUR" --warmup 1s
+run_nginx blob-get-256m-nginx blob-get -s 256MiB -c 4 -d "$DUR" --warmup 1s
 run small         small -c 16 -d "$DUR"
 run pull          pull -s 16MiB --layers 4 -c 4 -d "$DUR" --warmup 1s --plot "$OUT/pull.svg"
 run push-256m     push -s 256MiB --layers 1 -c 1 -n 4 --upload-mode monolithic
