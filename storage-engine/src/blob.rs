@@ -149,22 +149,27 @@ impl io::Read for CheckedReader {
                 return Ok(0);
             }
             let len = self.blob.chunk_len(self.next_chunk);
-            if out.len() >= len {
-                // Room for the whole chunk: read and check it where the caller wants it
-                // (saves a copy per byte for callers reading in chunk-sized buffers, like the
-                // transcoder). On error `out` holds unchecked bytes, as `Read` allows.
-                self.blob
-                    .read_chunk(self.next_chunk, out)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                self.next_chunk += 1;
+            // With room for the whole chunk, it is read and checked where the caller wants it
+            // (a copy per byte less for callers reading chunk-sized buffers, like the
+            // transcoder); on error `out` holds unchecked bytes, as `Read` allows.
+            let in_place = out.len() >= len;
+            let dest = if in_place {
+                &mut *out
+            } else {
+                self.buf.resize(len, 0);
+                self.pos = 0;
+                &mut self.buf[..]
+            };
+            if let Err(e) = self.blob.read_chunk(self.next_chunk, dest) {
+                // Nothing of a failed chunk is handed out, whatever the caller does next.
+                self.buf.clear();
+                self.pos = 0;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            }
+            self.next_chunk += 1;
+            if in_place {
                 return Ok(len);
             }
-            self.buf.resize(len, 0);
-            self.blob
-                .read_chunk(self.next_chunk, &mut self.buf)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            self.next_chunk += 1;
-            self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -785,6 +790,23 @@ mod tests {
         }
         let err = std::io::Read::read(&mut reader, &mut buf).expect_err("chunk 3");
         assert!(err.to_string().contains("chunk 3 fails its crc32"), "{err}");
+        // A caller that reads on after the error, in small buffers, gets the error again,
+        // never the unchecked bytes the failed read left behind (first chunk: the buffer
+        // grows from empty).
+        let mut first_bad = data.clone();
+        first_bad[5] ^= 0x40;
+        std::fs::write(&path, &first_bad).expect("corrupt chunk 0");
+        let blob = store.open_verified(&digest).expect("open").expect("exists");
+        let mut reader = blob.into_reader();
+        let mut small = [0u8; 4096];
+        for attempt in 0..2 {
+            let err = std::io::Read::read(&mut reader, &mut small).expect_err("chunk 0");
+            assert!(
+                err.to_string().contains("chunk 0 fails"),
+                "{attempt}: {err}"
+            );
+        }
+        std::fs::write(&path, &bytes).expect("chunk 3 corrupt again");
         let err = store.verify(&digest, false).expect_err("scrub");
         assert!(err.to_string().contains("chunk 3"), "{err}");
 
